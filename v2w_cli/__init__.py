@@ -1,0 +1,1 @@
+"""The ``v2w`` command line: a thin Typer shell over ``pipelines``."""

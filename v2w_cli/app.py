@@ -1,0 +1,44 @@
+"""The Typer app: one module per command; heavy imports happen inside commands so --help is instant."""
+
+from __future__ import annotations
+
+import typer
+
+from v2w_cli import info, pending, prepare, quickstart
+from v2w_cli.common import STATE
+
+app = typer.Typer(
+    name="v2w",
+    help="Turn pretrained video diffusion models into action-conditioned world models (Vid2World).\n\n"
+    "Stages: prepare -> causalize -> train -> rollout -> eval. Each reads and writes files.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pipelines import __version__
+
+        typer.echo(f"v2w {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    STATE["debug"] = STATE["debug"] or debug
+
+
+prepare.register(app)
+pending.register(app)
+info.register(app)
+quickstart.register(app)
+
+
+def main() -> None:
+    app()
