@@ -90,3 +90,8 @@ def test_missing_split_and_manifest(data, tmp_path):
         load_clips(data, "test")
     with pytest.raises(V2WError, match="no manifest.json"):
         load_clips(tmp_path, "train")
+
+
+def test_pipe_urls(data):
+    urls = [f"pipe:cat {u}" for u in shard_urls(data, "val")]
+    assert len(list(load_clips(urls=urls, manifest=data / "manifest.json"))) == 8

@@ -225,12 +225,6 @@ def _process_episode_unsafe(ref: EpisodeRef, cfg: PrepareConfig, skip_clips: int
     )
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # one process per core already
-
-
 # ---------------------------------------------------------------- listing and splitting
 
 
@@ -386,8 +380,8 @@ def run(
         shard_log = read_json(partial / "progress.json")["shards"][:kept]
         log(f"resuming: {kept} finished shard(s) verified by sha256 and kept")
         keep_names = {e["name"] for e in shard_log}
-        for split in SPLITS:  # remove shards written after the last verified one
-            for p in (partial / split).glob("*.tar") if (partial / split).exists() else []:
+        for split in SPLITS:  # remove shards after the last verified one, and half-written temp files
+            for p in (partial / split).iterdir() if (partial / split).exists() else []:
                 if f"{split}/{p.name}" not in keep_names:
                     p.unlink()
     write_json_atomic(partial / "progress.json", {"fingerprint": fp, "shards": shard_log})
@@ -403,7 +397,7 @@ def run(
     if cfg.workers > 1:
         import multiprocessing as mp
 
-        executor = cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        executor = cf.ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn"))
     try:
         for split in SPLITS:
             _write_split(split, splits[split], cfg, state, partial, fp, shard_log, executor, progress, on_progress, log)

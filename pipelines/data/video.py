@@ -107,7 +107,10 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 10) -> bytes:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        # one thread: x264's output depends on its thread count, and shards must be byte-identical
+        # on every machine and for any --workers (parallelism comes from worker processes)
+        stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency", "threads": "1"}
+        stream.thread_count = 1
         for i in range(t):
             frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
             for packet in stream.encode(frame):
@@ -140,11 +143,11 @@ def resize_center_crop(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (T, H, W, 3) uint8 frames so they cover ``size`` = (h, w), then crop the center.
 
     The scale is max(h/H, w/W), so the aspect ratio is kept and nothing is letterboxed; the
-    excess of the longer side is cut equally from both ends. Bilinear with antialiasing
-    (area-like when shrinking), as DynamiCrafter's data pipeline resizes with torchvision.
+    excess of the longer side is cut equally from both ends. PIL's bilinear filter widens its
+    support when shrinking (antialiasing), as torchvision's ``Resize(antialias=True)`` does in
+    DynamiCrafter's data pipeline; PIL keeps torch out of the decoding workers.
     """
-    import torch
-    import torch.nn.functional as F
+    from PIL import Image
 
     h, w = size
     t, fh, fw, _ = frames.shape
@@ -152,11 +155,9 @@ def resize_center_crop(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return frames
     scale = max(h / fh, w / fw)
     nh, nw = max(h, round(fh * scale)), max(w, round(fw * scale))
-    out = []
-    for s in range(0, t, 64):  # bounded memory for long episodes
-        x = torch.from_numpy(np.ascontiguousarray(frames[s : s + 64])).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        top, left = (nh - h) // 2, (nw - w) // 2
-        x = x[:, :, top : top + h, left : left + w]
-        out.append(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
+    top, left = (nh - h) // 2, (nw - w) // 2
+    box = (left, top, left + w, top + h)
+    out = np.empty((t, h, w, 3), np.uint8)
+    for i in range(t):
+        out[i] = np.asarray(Image.fromarray(frames[i]).resize((nw, nh), Image.BILINEAR).crop(box))
+    return out
