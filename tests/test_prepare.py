@@ -154,13 +154,17 @@ def test_size_resizes_and_center_crops(tmp_path):
     assert read_split(tmp_path / "data", "train")[0]["frames"].shape == (8, 8, 8, 3)
 
 
-def test_resize_center_crop_keeps_the_center():
-    from pipelines.data.video import resize_center_crop
+def test_resize_crop_keeps_the_center_and_stretch_keeps_everything():
+    from pipelines.data.video import resize_frames
 
     f = np.zeros((1, 20, 40, 3), np.uint8)
     f[:, :, 10:30] = 255  # the middle half of the width is white
-    out = resize_center_crop(f, (10, 10))  # scale 0.5 -> 10x20, crop columns 5..15 = white part
+    out = resize_frames(f, (10, 10))  # scale 0.5 -> 10x20, crop columns 5..15 = white part
     assert out.shape == (1, 10, 10, 3) and out[:, :, 1:-1].min() > 200
+    out = resize_frames(f, (10, 10), "stretch")  # 40 -> 10 columns: white stays the middle half
+    assert out[:, :, 3:7].min() > 200 and out[:, :, :2].max() < 50 and out[:, :, -2:].max() < 50
+    with pytest.raises(V2WError, match="--resize must be one of"):
+        resize_frames(f, (10, 10), "pad")
 
 
 def test_different_sizes_need_size_flag(tmp_path):

@@ -42,6 +42,7 @@ def quickstart(
         sources=[str(raw)],
         out=str(out / "data"),
         size=(64, 64),
+        resize="stretch",  # Atari-style: a center crop would cut off the paddle at the bottom
         clip_len=16,
         stride=8,
         val_fraction=0.15,
@@ -54,7 +55,7 @@ def quickstart(
     names = json.loads((raw / "actions.json").read_text())["actions"]
     cfg.num_actions = len(names)
     if not quiet:
-        console.print(f"[bold]2/2[/] v2w prepare {raw} --out {cfg.out} --size 64x64 --stride 8 --num-actions {len(names)}")
+        console.print(f"[bold]2/2[/] v2w prepare {raw} --out {cfg.out} --size 64x64 --resize stretch --stride 8 --num-actions {len(names)}")
     result = run_with_progress(cfg, quiet or json_out)
     if json_out:
         emit_json({"prepare": summary(result)})

@@ -41,7 +41,7 @@ from pipelines.data.actions import (
 from pipelines.data.episode import ACTION_KINDS, EpisodeRef, SourceOptions
 from pipelines.data.shards import SPLITS, ShardWriter, clip_key, npy_bytes, shard_name
 from pipelines.data.sources import detect_format, reader
-from pipelines.data.video import decode_video, encode_mp4, psnr_uint8, resize_center_crop
+from pipelines.data.video import RESIZE_MODES, decode_video, encode_mp4, psnr_uint8, resize_frames
 from pipelines.errors import V2WError
 from pipelines.fileio import read_json, replace_dir, sha256_file, write_json_atomic
 
@@ -54,7 +54,8 @@ class PrepareConfig:
     sources: list[str]  # files or folders, one format each
     out: str  # DATA folder to create (replaced only when the run succeeds)
     format: str | None = None  # force a reader; None = auto-detect per source
-    size: tuple[int, int] | None = None  # (H, W): resize to cover, then center crop; None = keep
+    size: tuple[int, int] | None = None  # (H, W) output frames; None = keep the source's
+    resize: str = "crop"  # crop: cover (H, W) keeping aspect, center crop; stretch: per-axis scale
     fps: float | None = None  # output frame rate; None = keep the source's
     clip_len: int = 16  # frames per clip (DESIGN 6: RT-1 16, CS:GO 16, RECON 20)
     stride: int | None = None  # frames between clip starts; None = clip_len (no overlap)
@@ -83,6 +84,8 @@ class PrepareConfig:
             raise V2WError(f"--val-fraction must be in [0, 1). Got {self.val_fraction}")
         if self.shard_size < 1:
             raise V2WError(f"--shard-size must be >= 1. Got {self.shard_size}")
+        if self.resize not in RESIZE_MODES:
+            raise V2WError(f"--resize must be one of {{{', '.join(RESIZE_MODES)}}}. Got {self.resize!r}")
         if self.store not in ("mp4", "npy"):
             raise V2WError(f"--store must be one of {{mp4, npy}}. Got {self.store!r}")
         if self.action_kind is not None and self.action_kind not in ACTION_KINDS:
@@ -187,9 +190,9 @@ def _process_episode_unsafe(ref: EpisodeRef, cfg: PrepareConfig, skip_clips: int
             valid = valid_rows_after_resample(len(idx), real_rows, fps, cfg.fps)
         frames, fps = frames[idx], cfg.fps
 
-    # 2. resize + center crop
+    # 2. resize (center crop or stretch)
     if cfg.size is not None:
-        frames = resize_center_crop(frames, cfg.size)
+        frames = resize_frames(frames, cfg.size, cfg.resize)
 
     # 3. clips
     t, stride = cfg.clip_len, cfg.stride or cfg.clip_len

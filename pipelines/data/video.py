@@ -139,22 +139,32 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
-def resize_center_crop(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize (T, H, W, 3) uint8 frames so they cover ``size`` = (h, w), then crop the center.
+RESIZE_MODES = ("crop", "stretch")
 
-    The scale is max(h/H, w/W), so the aspect ratio is kept and nothing is letterboxed; the
-    excess of the longer side is cut equally from both ends. PIL's bilinear filter widens its
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], mode: str = "crop") -> np.ndarray:
+    """Resize (T, H, W, 3) uint8 frames to ``size`` = (h, w).
+
+    ``crop``: scale by max(h/H, w/W) so the frame covers (h, w), keeping the aspect ratio, then
+    cut the excess of the longer side equally from both ends (center crop).
+    ``stretch``: scale each axis independently (the usual Atari preprocessing; keeps HUDs and
+    paddles at the frame edges that a center crop would cut). PIL's bilinear filter widens its
     support when shrinking (antialiasing), as torchvision's ``Resize(antialias=True)`` does in
     DynamiCrafter's data pipeline; PIL keeps torch out of the decoding workers.
     """
     from PIL import Image
 
+    if mode not in RESIZE_MODES:
+        raise V2WError(f"--resize must be one of {{{', '.join(RESIZE_MODES)}}}. Got {mode!r}")
     h, w = size
     t, fh, fw, _ = frames.shape
     if (fh, fw) == (h, w):
         return frames
-    scale = max(h / fh, w / fw)
-    nh, nw = max(h, round(fh * scale)), max(w, round(fw * scale))
+    if mode == "stretch":
+        nh, nw = h, w
+    else:
+        scale = max(h / fh, w / fw)
+        nh, nw = max(h, round(fh * scale)), max(w, round(fw * scale))
     top, left = (nh - h) // 2, (nw - w) // 2
     box = (left, top, left + w, top + h)
     out = np.empty((t, h, w, 3), np.uint8)
