@@ -85,6 +85,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def normalize_permissions(root: str | os.PathLike) -> None:
+    """Give a folder made with mkdtemp (0700) and files written by libraries (some 0600) the
+    permissions a plain mkdir / open would have given under the current umask."""
+    mask = _umask()
+    root = Path(root)
+    os.chmod(root, 0o777 & ~mask)
+    for p in root.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a finished ``tmp_dir`` to ``final_dir``, replacing an older ``final_dir`` only at the end.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import info, pending, prepare, quickstart
+from v2w_cli import causalize, info, pending, prepare, quickstart
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ def _root(
 
 
 prepare.register(app)
+causalize.register(app)
 pending.register(app)
 info.register(app)
 quickstart.register(app)

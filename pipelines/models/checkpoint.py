@@ -1,0 +1,212 @@
+"""Reading DynamiCrafter checkpoints: files, hub names, configs, and key bookkeeping.
+
+A DynamiCrafter Lightning checkpoint holds ``state_dict`` with these prefixes (DESIGN 4)::
+
+    model.diffusion_model.*   the video U-Net            -> VideoUNet
+    first_stage_model.*       SD KL-f8 VAE               -> diffusers AutoencoderKL
+    cond_stage_model.model.*  OpenCLIP ViT-H/14 text     -> used once for the empty prompt
+    embedder.model.*          OpenCLIP ViT-H/14 vision   -> image tokens of frame 0
+    image_proj_model.*        Resampler                  -> 16 tokens per frame
+    betas, alphas_cumprod, ..., scale_arr                 schedule buffers (recomputed, dropped)
+
+Files are read with ``torch.load(weights_only=True, mmap=True)`` or safetensors: nothing is
+unpickled beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.errors import V2WError
+
+UNET_PREFIX = "model.diffusion_model."
+PREFIXES = {
+    "unet": UNET_PREFIX,
+    "vae": "first_stage_model.",
+    "text": "cond_stage_model.",
+    "image_encoder": "embedder.",
+    "image_proj": "image_proj_model.",
+}
+# DDPM schedule buffers: v2w recomputes the schedule with diffusers, so these are dropped on purpose
+SCHEDULE_BUFFERS = {
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "scale_factor", "scale_arr", "logvar", "lvlb_weights",
+}
+HUB_CHECKPOINTS = {
+    "dynamicrafter": ("Doubiiu/DynamiCrafter_512", "model.ckpt", "dynamicrafter-512"),
+    "dynamicrafter-512": ("Doubiiu/DynamiCrafter_512", "model.ckpt", "dynamicrafter-512"),
+    "dynamicrafter-256": ("Doubiiu/DynamiCrafter", "model.ckpt", "dynamicrafter-256"),
+    "dynamicrafter-1024": ("Doubiiu/DynamiCrafter_1024", "model.ckpt", "dynamicrafter-1024"),
+}
+
+
+def resolve_checkpoint(name_or_path: str) -> tuple[Path, str | None]:
+    """A local path, or a built-in name resolved through the Hugging Face hub cache.
+
+    Returns (path, built-in config name or None). Offline without the file: one clear error
+    naming the repo, the file and the ``--ckpt PATH`` alternative (never a hang: HF_HUB_OFFLINE
+    is honoured and network errors are caught).
+    """
+    if name_or_path in HUB_CHECKPOINTS:
+        repo, filename, config = HUB_CHECKPOINTS[name_or_path]
+        try:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            try:  # cache first: no network at all when the file is there
+                return Path(hf_hub_download(repo, filename, local_files_only=True)), config
+            except LocalEntryNotFoundError:
+                if os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable():
+                    raise
+                return Path(hf_hub_download(repo, filename, etag_timeout=10)), config
+        except Exception as e:  # offline, no access, ...: one line with the way out
+            raise V2WError(
+                f"cannot get {filename} of the Hugging Face repo {repo} ({type(e).__name__}). Download it "
+                f"where you have internet (huggingface-cli download {repo} {filename}) and copy it into the "
+                f"HF cache here, or pass the file directly: --ckpt /path/to/{filename}"
+            ) from None
+    path = Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(HUB_CHECKPOINTS))
+        raise V2WError(f"checkpoint not found (give a file path or one of: {names}, tiny)", path=path)
+    return path, None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the hub, so an offline machine fails at once instead of after
+    the hub client's minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_state_dict(source: str | os.PathLike | dict, unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A flat {key: tensor} from a Lightning ``.ckpt`` (its ``state_dict``), a bare state dict
+    (``.pt``/``.pth``/``.bin``) or ``.safetensors``; or the dict itself."""
+    if isinstance(source, dict):
+        sd = source
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise V2WError("checkpoint not found", path=path)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(str(path))
+            except Exception as e:
+                raise V2WError(f"cannot read safetensors ({e})", path=path) from None
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=True)
+        except RuntimeError as e:
+            if "mmap" in str(e) or "zip" in str(e).lower():  # legacy (non-zip) format cannot be mmapped
+                try:
+                    sd = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
+                except Exception as e2:
+                    raise V2WError(f"cannot read checkpoint ({str(e2).splitlines()[0]})", path=path) from None
+            else:
+                raise V2WError(f"cannot read checkpoint ({str(e).splitlines()[0]}); is it complete?", path=path) from None
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "weights_only" in str(e) or "Unsupported global" in str(e):
+                raise V2WError(
+                    "the checkpoint pickles more than tensors, and v2w does not unpickle untrusted code; "
+                    "if you trust the file, pass --unsafe-pickle",
+                    path=path,
+                ) from None
+            raise V2WError(f"cannot read checkpoint ({msg}); is it complete?", path=path) from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise V2WError("checkpoint is not a state dict of tensors", path=None if isinstance(source, dict) else source)
+    return sd
+
+
+def split_by_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str], list[str]]:
+    """-> ({part: {key without prefix: tensor}}, dropped schedule keys, unknown keys)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in PREFIXES}
+    dropped, unknown = [], []
+    for key, value in sd.items():
+        for name, prefix in PREFIXES.items():
+            if key.startswith(prefix):
+                parts[name][key[len(prefix) :]] = value
+                break
+        else:
+            (dropped if key in SCHEDULE_BUFFERS or key.startswith("model_ema.") else unknown).append(key)
+    return parts, dropped, unknown
+
+
+def unet_params_from_yaml(config: Any) -> dict:
+    """DynamiCrafter inference YAML (path or parsed dict), or its unet_config.params dict -> params."""
+    if isinstance(config, (str, os.PathLike)) and Path(config).suffix in (".yaml", ".yml"):
+        import yaml
+
+        path = Path(config)
+        if not path.exists():
+            raise V2WError("config not found", path=path)
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise V2WError(f"config must be a YAML path, a dict or a built-in name. Got {config!r}")
+    for keys in (("model", "params", "unet_config", "params"), ("unet_config", "params"), ("params",)):
+        node = config
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            return dict(node)
+    return dict(config)
+
+
+def check_keys(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str) -> None:
+    """Load ``sd`` strictly; on any mismatch raise one error listing the first offending keys."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
+        raise V2WError(f"{what} keys do not match the config: {'; '.join(parts)}. Wrong --base-config?", path=source)
+    module.load_state_dict(sd, strict=True, assign=next(iter(own.values())).device.type == "meta")
+
+
+def load_dynamicrafter_unet(checkpoint, config=None, **overrides):
+    """VideoUNet from a DynamiCrafter checkpoint (path / state dict), strict key check."""
+    from pipelines.models.unet import BUILTIN_CONFIGS, UNetConfig, VideoUNet
+
+    source = "<state dict>" if isinstance(checkpoint, dict) else str(checkpoint)
+    sd = load_state_dict(checkpoint)
+    unet_sd = {k[len(UNET_PREFIX) :]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)} or sd
+    unet_sd = rename_legacy_keys(unet_sd)
+    if config is None or (isinstance(config, str) and config in BUILTIN_CONFIGS):
+        params = {**UNetConfig().to_dict(), **BUILTIN_CONFIGS[config or "dynamicrafter-512"]}
+    else:
+        params = {**UNetConfig().to_dict(), **unet_params_from_yaml(config)}
+    with torch.device("meta"):
+        unet = VideoUNet(UNetConfig.from_dict(params), **overrides)
+    check_keys(unet, unet_sd, "U-Net", source)
+    return unet
+
+
+def rename_legacy_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The 256 checkpoint names the fps MLP ``framestride_embed``; map it to ``fps_embedding``."""
+    return {("fps_embedding" + k[len("framestride_embed") :] if k.startswith("framestride_embed") else k): v for k, v in sd.items()}

@@ -1,0 +1,208 @@
+"""A model directory: the (causal) video U-Net with everything it needs to see frames.
+
+::
+
+    MODEL/
+      config.json                 kind "v2w-model", format_version, family, the U-Net config,
+                                  component configs, schedule, how it was made (causalize report)
+      model.safetensors           the video U-Net (+ action encoder)
+      image_proj.safetensors      Resampler: CLIP tokens of frame 0 -> 16 tokens per frame
+      image_encoder.safetensors   OpenCLIP ViT-H/14 vision tower (``visual.*``)
+      vae.safetensors             AutoencoderKL (diffusers keys; config in config.json)
+      empty_text.safetensors      the empty prompt's text context (1, 77, D), computed once at
+                                  causalize time, so the 350M-parameter text tower is not needed
+
+Written atomically (temp folder + rename). ``load_model(MODEL)`` restores it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from pipelines import __version__
+from pipelines.errors import V2WError
+from pipelines.fileio import normalize_permissions, read_json, replace_dir, write_json_atomic
+from pipelines.models.unet import UNetConfig, VideoUNet
+
+MODEL_KIND = "v2w-model"
+FORMAT_VERSION = 1
+LATENT_SCALE = 0.18215
+# DynamiCrafter / Vid2World noise schedule (DESIGN 6); the samplers build diffusers schedulers from it
+DEFAULT_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",  # linear in sqrt space
+    "rescale_betas_zero_snr": True,
+    "prediction_type": "v_prediction",
+    "dynamic_rescale": {"base_scale": 0.7, "turning_step": 400},
+}
+
+
+class WorldModel(nn.Module):
+    """U-Net + VAE + image conditioning, saved and loaded as one MODEL directory."""
+
+    def __init__(
+        self,
+        unet: VideoUNet,
+        vae: nn.Module | None = None,
+        image_encoder: nn.Module | None = None,
+        image_proj: nn.Module | None = None,
+        empty_text: torch.Tensor | None = None,
+        meta: dict | None = None,
+    ):
+        super().__init__()
+        self.unet, self.vae, self.image_encoder, self.image_proj = unet, vae, image_encoder, image_proj
+        self.register_buffer("empty_text", empty_text if empty_text is not None else torch.zeros(0), persistent=False)
+        self.meta = dict(meta or {})
+        self.meta.setdefault("schedule", DEFAULT_SCHEDULE)
+        self.meta.setdefault("latent_scale", LATENT_SCALE)
+
+    # ------------------------------------------------------------------ conditioning
+
+    def encode_frames(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/8, W/8), frame by frame."""
+        from pipelines.models.vae import encode_video
+
+        if self.vae is None:
+            raise V2WError("this model has no VAE")
+        return encode_video(self.vae, frames, self.meta["latent_scale"], sample=sample)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        from pipelines.models.vae import decode_video
+
+        if self.vae is None:
+            raise V2WError("this model has no VAE")
+        return decode_video(self.vae, latents, self.meta["latent_scale"])
+
+    def image_context(self, frame0: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Context for the U-Net: empty-text tokens then 16 Resampler tokens per frame, from the
+        CLIP image tokens of ``frame0`` (B, 3, H, W) in [-1, 1] -> (B, 77 + T * 16, D).
+
+        The Resampler makes tokens for ``video_length`` frames; frames past that reuse the last
+        frame's tokens (they all come from frame 0, so nothing about the future leaks in)."""
+        if self.image_encoder is None or self.image_proj is None or self.empty_text.numel() == 0:
+            raise V2WError("this model has no image conditioning (image encoder, Resampler, empty text)")
+        tokens = self.image_proj(self.image_encoder(frame0))  # (B, L*n, D)
+        n = self.unet.config.image_tokens_per_frame
+        per_frame = tokens.reshape(tokens.shape[0], -1, n, tokens.shape[-1])
+        idx = torch.clamp(torch.arange(num_frames, device=tokens.device), max=per_frame.shape[1] - 1)
+        image = per_frame[:, idx].reshape(tokens.shape[0], num_frames * n, -1)
+        text = self.empty_text.to(image.dtype).expand(tokens.shape[0], -1, -1)
+        return torch.cat([text, image], dim=1)
+
+    # ------------------------------------------------------------------ files
+
+    def config_dict(self) -> dict:
+        return {
+            "kind": MODEL_KIND,
+            "format_version": FORMAT_VERSION,
+            "v2w_version": __version__,
+            "family": "dynamicrafter",
+            "unet": self.unet.config.to_dict(),
+            "vae": dict(self.vae.config) if self.vae is not None else None,
+            "image_encoder": self.image_encoder.config.to_dict() if self.image_encoder is not None else None,
+            "image_proj": dict(self.image_proj.config) if self.image_proj is not None else None,
+            "has_empty_text": self.empty_text.numel() > 0,
+            **{k: v for k, v in self.meta.items() if k not in ("kind", "format_version", "family")},
+        }
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write MODEL atomically: everything goes to a temp sibling folder that is renamed at the end."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            parts = {"model": self.unet, "image_proj": self.image_proj, "image_encoder": self.image_encoder, "vae": self.vae}
+            for name, module in parts.items():
+                if module is not None:
+                    sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+                    save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
+            if self.empty_text.numel():
+                save_file({"empty_text": self.empty_text.detach().contiguous().cpu()}, str(tmp / "empty_text.safetensors"))
+            write_json_atomic(tmp / "config.json", self.config_dict())
+            normalize_permissions(tmp)
+            replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "WorldModel":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfg = read_model_config(path)
+
+        def weights(name: str) -> dict:
+            file = path / f"{name}.safetensors"
+            if not file.exists():
+                raise V2WError(f"missing {file.name}; the model folder is incomplete", path=path)
+            return load_file(str(file), device=str(device))
+
+        def strict(module: nn.Module, sd: dict, what: str) -> nn.Module:
+            result = module.load_state_dict(sd, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise V2WError(
+                    f"{what} weights do not match config.json (missing {result.missing_keys[:3]}, "
+                    f"unexpected {result.unexpected_keys[:3]})",
+                    path=path,
+                )
+            return module.to(device)
+
+        with torch.device("meta"):
+            unet = VideoUNet(UNetConfig.from_dict(cfg["unet"]))
+        unet.load_state_dict(weights("model"), strict=True, assign=True)
+        vae = image_encoder = image_proj = empty = None
+        if cfg.get("vae"):
+            from diffusers import AutoencoderKL
+
+            vae = strict(AutoencoderKL(**{k: v for k, v in cfg["vae"].items() if not k.startswith("_")}), weights("vae"), "VAE")
+            vae.requires_grad_(False).eval()
+        if cfg.get("image_encoder"):
+            from pipelines.models.clip import CLIPVisionConfig, OpenCLIPVisionTower
+
+            image_encoder = strict(OpenCLIPVisionTower(CLIPVisionConfig(**cfg["image_encoder"])), weights("image_encoder"), "image encoder")
+            image_encoder.requires_grad_(False).eval()
+        if cfg.get("image_proj"):
+            from pipelines.models.resampler import Resampler
+
+            image_proj = strict(Resampler(**cfg["image_proj"]), weights("image_proj"), "Resampler")
+        if cfg.get("has_empty_text"):
+            empty = weights("empty_text")["empty_text"]
+        meta = {k: v for k, v in cfg.items() if k not in ("unet", "vae", "image_encoder", "image_proj", "has_empty_text", "v2w_version")}
+        return cls(unet, vae, image_encoder, image_proj, empty, meta)
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    file = path / "config.json"
+    if not file.exists():
+        raise V2WError("no config.json here; is this a folder written by `v2w causalize` or `v2w train`?", path=path)
+    cfg = read_json(file)
+    if cfg.get("kind") != MODEL_KIND:
+        raise V2WError(f"config kind is {cfg.get('kind')!r}, expected {MODEL_KIND!r}", path=file)
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise V2WError(f"model format_version {cfg['format_version']} is newer than this v2w; upgrade v2w", path=file)
+    return cfg
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Anything ``causalize`` or ``train`` wrote (DESIGN 9)."""
+    family = read_model_config(path).get("family", "dynamicrafter")
+    if family == "dynamicrafter":
+        return WorldModel.from_pretrained(path, device)
+    if family == "unet3d":
+        from pipelines.models.unet3d import load_unet3d_model
+
+        return load_unet3d_model(path, device)
+    raise V2WError(f"unknown model family {family!r}", path=path)
