@@ -95,3 +95,49 @@ def test_missing_split_and_manifest(data, tmp_path):
 def test_pipe_urls(data):
     urls = [f"pipe:cat {u}" for u in shard_urls(data, "val")]
     assert len(list(load_clips(urls=urls, manifest=data / "manifest.json"))) == 8
+
+
+def test_encode_latents_adds_vae_latents_and_resumes(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.causalize import CausalizeConfig
+    from pipelines.causalize import run as causalize_run
+    from pipelines.data.encode import encode_latents
+    from pipelines.data.prepare import load_manifest
+    from pipelines.models.world_model import load_model
+    from v2w_cli.app import app
+
+    src = write_npz(tmp_path / "src", lengths=(8, 8, 8))
+    for f in src.glob("*.npz"):  # 16x24 frames -> 16x16 so the VAE's /8 works
+        d = dict(np.load(f))
+        np.savez(f, image=d["image"][:, :, :16], action=d["action"])
+    run(PrepareConfig(sources=[str(src)], out=str(tmp_path / "data"), clip_len=4, shard_size=2, val_fraction=0.34, store="npy"))
+    causalize_run(CausalizeConfig(ckpt="tiny", out=str(tmp_path / "m")))
+    before = load_manifest(tmp_path / "data")
+
+    calls = []
+
+    def stop_after_two(p):
+        calls.append(p)
+        if p["clips_done"] == 3:  # one shard of two clips finished, the next one half written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_latents(tmp_path / "data", tmp_path / "m", on_progress=stop_after_two)
+    half = load_manifest(tmp_path / "data")
+    assert half["latents"]["complete"] is False
+    assert sum("latents" in sh for s in ("train", "val") for sh in half["splits"][s]["shards"]) == 1
+    clips = list(load_clips(tmp_path / "data", "train"))  # a half-encoded DATA still loads
+    assert len(clips) == 4
+
+    res = CliRunner().invoke(app, ["encode", str(tmp_path / "data"), "--model", str(tmp_path / "m"), "--json"])
+    assert res.exit_code == 0, res.output
+    m = load_manifest(tmp_path / "data")
+    assert m["latents"]["complete"] and m["latents"]["shape"] == ["T", 4, 2, 2]
+    assert [s["samples"] for s in m["splits"]["train"]["shards"]] == [s["samples"] for s in before["splits"]["train"]["shards"]]
+    model = load_model(tmp_path / "m")
+    for clip in load_clips(tmp_path / "data", "train"):
+        assert clip["latents"].shape == (4, 4, 2, 2)
+        with torch.no_grad():
+            expect = model.encode_frames(clip["frames"].permute(1, 0, 2, 3)[None])[0].permute(1, 0, 2, 3)
+        torch.testing.assert_close(clip["latents"], expect, atol=2e-3, rtol=2e-3)  # float16 storage

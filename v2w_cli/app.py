@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import causalize, info, pending, prepare, quickstart
+from v2w_cli import causalize, encode, info, pending, prepare, quickstart
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ def _root(
 
 prepare.register(app)
 causalize.register(app)
+encode.register(app)
 pending.register(app)
 info.register(app)
 quickstart.register(app)

@@ -50,6 +50,7 @@ def prepare(
     action_key: str = typer.Option(None, "--action-key", help="npz: action array name(s), comma-separated."),
     camera: str = typer.Option(None, "--camera", help="lerobot: video feature, e.g. observation.images.top."),
     src_fps: float = typer.Option(None, "--src-fps", help="Frame rate of the source when it has none."),
+    encode_latents: Path = typer.Option(None, "--encode-latents", help="MODEL whose VAE pre-encodes every clip."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
 ) -> None:
@@ -80,6 +81,10 @@ def prepare(
         src_fps=src_fps,
     )
     result = run_with_progress(cfg, quiet or json_out)
+    if encode_latents is not None:
+        from v2w_cli.encode import run_encode
+
+        result.manifest = run_encode(result.out, encode_latents, "cpu", quiet or json_out)
     if json_out:
         emit_json(summary(result))
     elif not quiet:

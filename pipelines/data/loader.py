@@ -2,7 +2,8 @@
 
 ``load_clips(DATA, split="train")`` yields dicts::
 
-    {"key": str, "frames": float32 (T, C, H, W) in [-1, 1], "actions": float32 (T, A), "meta": dict}
+    {"key": str, "frames": float32 (T, C, H, W) in [-1, 1], "actions": float32 (T, A), "meta": dict,
+     "latents": float32 (T, 4, H/8, W/8), only when ``v2w encode`` added them}
 
 Continuous actions are normalised with the manifest's train statistics, (a - mean) / std (std
 floored at 1e-6 so constant dimensions stay 0); discrete (one-/multi-hot) actions pass unchanged.
@@ -112,12 +113,15 @@ def load_clips(
 
     def decode(sample: dict) -> dict:
         s = decode_sample(sample, name=sample.get("__url__", "<shard>"))
-        return {
+        out = {
             "key": s["key"],
             "frames": to_model_frames(s["frames"]),
             "actions": torch.from_numpy(np.asarray(norm(s["actions"]), np.float32)),
             "meta": s["meta"],
         }
+        if "latents" in s:
+            out["latents"] = torch.from_numpy(s["latents"].astype(np.float32))  # (T, 4, h, w), scaled
+        return out
 
     def fail(exn: Exception) -> bool:
         if isinstance(exn, V2WError):

@@ -15,6 +15,7 @@ One sample (tar members sharing the key ``<clip-id>``, which never contains a do
     <clip-id>.actions.npy  float32 (T, A); row t = action taken after frame t (one-hot for ids)
     <clip-id>.meta.json    {"source", "format", "episode_id", "start_frame", "source_frames",
                             "fps", "num_frames", "real_action_rows", "split"}
+    <clip-id>.latents.npy  optional, float16 (T, 4, H/8, W/8) scaled VAE latents (``v2w encode``)
 
 Tar members are written with a fixed mtime and owner, so the same input gives byte-identical
 shards (and the same sha256) on every run.
@@ -135,9 +136,12 @@ def decode_sample(sample: dict, name: str = "<sample>") -> dict:
         raise V2WError(f"sample {sample.get('__key__')!r} has no frames.mp4 or frames.npy member", path=name)
     if "actions.npy" not in sample:
         raise V2WError(f"sample {sample.get('__key__')!r} has no actions.npy member", path=name)
-    return {
+    out = {
         "key": sample["__key__"],
         "frames": frames,
         "actions": load_npy_bytes(sample["actions.npy"]),
         "meta": json.loads(sample["meta.json"]) if "meta.json" in sample else {},
     }
+    if "latents.npy" in sample:
+        out["latents"] = load_npy_bytes(sample["latents.npy"])
+    return out
