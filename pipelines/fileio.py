@@ -113,3 +113,39 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     fsync_dir(final_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder in a temporary sibling; on success it replaces ``path`` in one rename.
+
+    On any error the temporary folder is removed and an existing ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        normalize_permissions(tmp)
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_artifact(folder: str | os.PathLike, filename: str, kind: str, format_version: int, made_by: str) -> dict:
+    """Read an artifact's JSON (``manifest.json``/``config.json``) and check its kind and version."""
+    from pipelines.errors import V2WError
+
+    file = Path(folder) / filename
+    if not file.exists():
+        raise V2WError(f"no {filename} here; is this a folder written by {made_by}?", path=folder)
+    data = read_json(file)
+    if data.get("kind") != kind:
+        raise V2WError(f"{filename} kind is {data.get('kind')!r}, expected {kind!r}", path=file)
+    if data.get("format_version", 0) > format_version:
+        raise V2WError(
+            f"format_version {data['format_version']} is newer than this v2w understands ({format_version}); upgrade v2w",
+            path=file,
+        )
+    return data

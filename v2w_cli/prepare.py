@@ -54,7 +54,7 @@ def prepare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest summary as JSON on stdout."),
 ) -> None:
-    from pipelines.data.prepare import PrepareConfig, run
+    from pipelines.data.prepare import PrepareConfig
     from pipelines.data.video import parse_size
 
     cfg = PrepareConfig(

@@ -43,7 +43,7 @@ from pipelines.data.shards import SPLITS, ShardWriter, clip_key, npy_bytes, shar
 from pipelines.data.sources import detect_format, reader
 from pipelines.data.video import RESIZE_MODES, decode_video, encode_mp4, psnr_uint8, resize_frames
 from pipelines.errors import V2WError
-from pipelines.fileio import read_json, replace_dir, sha256_file, write_json_atomic
+from pipelines.fileio import read_artifact, read_json, replace_dir, sha256_file, write_json_atomic
 
 MANIFEST_KIND = "v2w-dataset"
 FORMAT_VERSION = 1
@@ -561,19 +561,7 @@ def _options_for_manifest(cfg: PrepareConfig) -> dict:
 
 def load_manifest(data: str | os.PathLike) -> dict:
     """Read and check ``DATA/manifest.json``."""
-    path = Path(data) / "manifest.json"
-    if not path.exists():
-        raise V2WError("no manifest.json here; is this a folder written by `v2w prepare`?", path=data)
-    m = read_json(path)
-    if m.get("kind") != MANIFEST_KIND:
-        raise V2WError(f"manifest kind is {m.get('kind')!r}, expected {MANIFEST_KIND!r}", path=path)
-    if m.get("format_version", 0) > FORMAT_VERSION:
-        raise V2WError(
-            f"dataset format_version {m['format_version']} is newer than this v2w understands "
-            f"({FORMAT_VERSION}); upgrade v2w",
-            path=path,
-        )
-    return m
+    return read_artifact(data, "manifest.json", MANIFEST_KIND, FORMAT_VERSION, "`v2w prepare`")
 
 
 

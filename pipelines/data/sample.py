@@ -8,7 +8,6 @@ steps (1-6) so that its effect (a paddle moving) is visible over several frames.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 
 from pipelines.errors import V2WError
 from pipelines.models.action import ActionEncoder

@@ -405,30 +405,18 @@ def load_unet3d_base(path: str) -> UNet3DConditionModel:
 
 def save_unet3d_model(model: UNet3DWorldModel, path, meta: dict, action_encoder: nn.Module | None = None):
     """Write MODEL atomically: diffusers ``save_pretrained`` of the causal weights + v2w config.json."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from safetensors.torch import save_file
 
     from pipelines import __version__
-    from pipelines.fileio import normalize_permissions, replace_dir, write_json_atomic
+    from pipelines.fileio import atomic_dir, write_json_atomic
     from pipelines.models.world_model import FORMAT_VERSION, MODEL_KIND
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if action_encoder is not None:
             save_file({k: v.contiguous() for k, v in action_encoder.state_dict().items()}, str(tmp / "action_encoder.safetensors"))
         cfg = {"kind": MODEL_KIND, "format_version": FORMAT_VERSION, "v2w_version": __version__, "family": "unet3d", **meta}
         write_json_atomic(tmp / "config.json", cfg)
-        normalize_permissions(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -18,8 +18,6 @@ Written atomically (temp folder + rename). ``load_model(MODEL)`` restores it.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,7 +25,7 @@ import torch.nn as nn
 
 from pipelines import __version__
 from pipelines.errors import V2WError
-from pipelines.fileio import normalize_permissions, read_json, replace_dir, write_json_atomic
+from pipelines.fileio import atomic_dir, read_artifact, write_json_atomic
 from pipelines.models.unet import UNetConfig, VideoUNet
 
 MODEL_KIND = "v2w-model"
@@ -117,10 +115,7 @@ class WorldModel(nn.Module):
         """Write MODEL atomically: everything goes to a temp sibling folder that is renamed at the end."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             parts = {"model": self.unet, "image_proj": self.image_proj, "image_encoder": self.image_encoder, "vae": self.vae}
             for name, module in parts.items():
                 if module is not None:
@@ -129,12 +124,7 @@ class WorldModel(nn.Module):
             if self.empty_text.numel():
                 save_file({"empty_text": self.empty_text.detach().contiguous().cpu()}, str(tmp / "empty_text.safetensors"))
             write_json_atomic(tmp / "config.json", self.config_dict())
-            normalize_permissions(tmp)
-            replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        return Path(path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "WorldModel":
@@ -184,16 +174,7 @@ class WorldModel(nn.Module):
 
 
 def read_model_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    file = path / "config.json"
-    if not file.exists():
-        raise V2WError("no config.json here; is this a folder written by `v2w causalize` or `v2w train`?", path=path)
-    cfg = read_json(file)
-    if cfg.get("kind") != MODEL_KIND:
-        raise V2WError(f"config kind is {cfg.get('kind')!r}, expected {MODEL_KIND!r}", path=file)
-    if cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise V2WError(f"model format_version {cfg['format_version']} is newer than this v2w; upgrade v2w", path=file)
-    return cfg
+    return read_artifact(path, "config.json", MODEL_KIND, FORMAT_VERSION, "`v2w causalize` or `v2w train`")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
