@@ -72,11 +72,17 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
     from pipelines.models.surgery import causalize, check_causality
     from pipelines.models.world_model import WorldModel
 
+    if cfg.check_only and (Path(cfg.ckpt) / "config.json").exists():
+        # probe a MODEL folder written earlier (by causalize or train)
+        from pipelines.models.world_model import load_model
+
+        unet = load_model(cfg.ckpt).unet
+        check = check_causality(unet)
+        if unet.config.temporal_norm == "per-frame" and not check["causal"]:
+            raise V2WError(f"not causal: outputs at frames < {check['k']} moved by {check['max_leak']:.3g}", path=cfg.ckpt)
+        return CausalizeResult(None, {}, check, None, time.time() - t0, _peak_rss_mb())
     # 1-2. read and split
     base, source = load_dynamicrafter_base(cfg, log)
-    if cfg.check_only and base.unet.config.causal:
-        check = check_causality(base.unet)
-        return CausalizeResult(None, {}, check, None, time.time() - t0, _peak_rss_mb())
     # 3. causalize
     log("causalizing the U-Net")
     causal, report = causalize(

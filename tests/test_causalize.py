@@ -275,6 +275,8 @@ def test_cli_causalize_and_check(tmp_path):
     assert out["check"]["causal"] is False and out["report"]["temporal_norms_per_frame"] == 0
     res = runner.invoke(app, ["info", str(tmp_path / "m"), "--json"])
     assert json.loads(res.stdout)["family"] == "dynamicrafter"
+    res = runner.invoke(app, ["causalize", "--ckpt", str(tmp_path / "m"), "--check", "--json"])  # probe a MODEL
+    assert res.exit_code == 0 and json.loads(res.stdout)["check"]["max_leak"] > 0
     res = runner.invoke(app, ["causalize", "--ckpt", "tiny", "--out", str(tmp_path / "x"), "--transfer", "bogus"])
     assert res.exit_code == 1 and "--transfer must be one of" in res.output
 

@@ -19,6 +19,8 @@ Examples:
 
   v2w causalize --ckpt dynamicrafter --check       (probe only: is the causalized model causal?)
 
+  v2w causalize --ckpt runs/rt1/final --check      (probe a MODEL folder; exit 1 if it leaks)
+
   v2w causalize --ckpt ms-unet3d/ --family unet3d --out models/ms-causal
 """
 
