@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import causalize, encode, info, pending, prepare, quickstart
+from v2w_cli import causalize, encode, info, pending, prepare, quickstart, train
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -37,10 +37,24 @@ def _root(
 prepare.register(app)
 causalize.register(app)
 encode.register(app)
+train.register(app)
 pending.register(app)
 info.register(app)
 quickstart.register(app)
 
 
+def normalize_argv(argv: list[str]) -> list[str]:
+    """``--resume`` may stand alone (latest checkpoint) or take a value (``--resume step-N``);
+    give the bare form its value so the option parser never swallows the next flag."""
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("latest")
+    return out
+
+
 def main() -> None:
-    app()
+    import sys
+
+    app(args=normalize_argv(sys.argv[1:]), prog_name="v2w")

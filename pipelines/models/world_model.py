@@ -95,6 +95,19 @@ class WorldModel(nn.Module):
         text = self.empty_text.to(image.dtype).expand(tokens.shape[0], -1, -1)
         return torch.cat([text, image], dim=1)
 
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        frame0: torch.Tensor,
+        fs: torch.Tensor | None = None,
+        actions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoiser with its conditioning: x (B, 8, T, h, w) = noisy latents + frame-0 latent,
+        frame0 (B, 3, H, W) pixels for the image context -> v prediction (B, 4, T, h, w).
+        (One module, so data-parallel training syncs the U-Net and the Resampler together.)"""
+        return self.unet(x, timesteps, context=self.image_context(frame0, x.shape[2]), fs=fs, actions=actions)
+
     # ------------------------------------------------------------------ files
 
     def config_dict(self) -> dict:
@@ -132,6 +145,8 @@ class WorldModel(nn.Module):
 
         path = Path(path)
         cfg = read_model_config(path)
+        device = torch.device(device)
+        device = torch.device("cpu") if device.type == "cpu" else device  # safetensors refuses "cpu:0"
 
         def weights(name: str) -> dict:
             file = path / f"{name}.safetensors"

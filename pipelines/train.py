@@ -1,0 +1,574 @@
+"""``v2w train``: Diffusion-Forcing fine-tuning with frame-level actions (DESIGN 6), on accelerate.
+
+One step, in order:
+  1. a batch of clips: latents (pre-encoded, or encoded now by the frozen VAE), frame 0 pixels,
+     actions normalised by the manifest stats;
+  2. an independent noise level per (sample, frame), t ~ U{0..999};
+  3. x0 scaled by DynamiCrafter's scale_arr[t], noised per frame; target v;
+  4. conditioning: frame-0 latent concatenated on channels, empty text + Resampler tokens of
+     frame 0's CLIP image (both dropped to zero with --cond-dropout per sample), fs;
+  5. actions shifted (frame t gets a_{t-1}, frame 0 zeros) and dropped per frame (--action-dropout);
+  6. MSE(v_pred, v) over all frames; AdamW, warmup + constant/cosine LR, grad clip, EMA.
+
+Checkpoints (``RUN/checkpoints/step-N/``, written atomically, last ``keep`` kept) hold the
+weights, EMA, optimizer, LR schedule, grad scaler, every RNG state and the data position of every
+process, so ``resume`` continues bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipelines import __version__
+from pipelines.diffusion import (
+    add_noise_per_frame,
+    dynamic_rescale_table,
+    make_scheduler,
+    rescale_per_frame,
+    velocity_per_frame,
+)
+from pipelines.errors import V2WError
+from pipelines.fileio import atomic_dir, read_json, write_json_atomic
+
+TRAIN_SETS = ("all", "temporal", "new")
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+LOSS_BUCKETS = (0, 250, 500, 750, 1000)  # noise-level buckets reported in metrics.jsonl
+
+
+@dataclass
+class TrainConfig:
+    model: str  # MODEL folder (from causalize or an earlier train's final/)
+    data: str  # DATA folder (from prepare)
+    out: str  # RUN folder
+    steps: int = 1000
+    batch_size: int = 2  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup: int = 0
+    lr_schedule: str = "constant"  # constant | cosine
+    seed: int = 0
+    save_every: int = 500
+    keep: int = 3
+    resume: str | None = None  # None | "latest" | "step-N"
+    action_dropout: float = 0.2
+    cond_dropout: float = 0.05
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    ema_decay: float = 0.9999  # 0 = no EMA; warm-up ramps the decay from 0 (diffusers EMAModel)
+    grad_clip: float = 0.5
+    gradient_checkpointing: bool = False
+    train: str = "all"  # all | temporal | new
+    log_every: int = 10
+    preview_every: int = 0  # 0 = no previews
+    shuffle_buffer: int = 64
+    fs: int = 3  # frame-stride / fps conditioning (DESIGN 6)
+    device: str | None = None  # None: accelerate decides (GPU if there is one)
+
+    def check(self) -> None:
+        if self.train not in TRAIN_SETS:
+            raise V2WError(f"--train must be one of {{{', '.join(TRAIN_SETS)}}}. Got {self.train!r}")
+        if self.precision not in PRECISIONS:
+            raise V2WError(f"--precision must be one of {{{', '.join(PRECISIONS)}}}. Got {self.precision!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise V2WError(f"--lr-schedule must be one of {{constant, cosine}}. Got {self.lr_schedule!r}")
+        for name in ("action_dropout", "cond_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise V2WError(f"--{name.replace('_', '-')} must be in [0, 1). Got {getattr(self, name)}")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep < 1:
+            raise V2WError("--steps, --batch-size, --grad-accum, --save-every and --keep must be >= 1")
+        if not 0 <= self.ema_decay < 1:
+            raise V2WError(f"--ema-decay must be in [0, 1). Got {self.ema_decay}")
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    losses: list[float]  # one per optimizer step run in this call
+    resumed_from: int
+    seconds: float
+
+
+# ---------------------------------------------------------------- the loss (pure given its randomness)
+
+
+def shift_actions(actions: torch.Tensor) -> torch.Tensor:
+    """Frame t is conditioned on a_{t-1} (the action that led to it); frame 0 gets zeros."""
+    return torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
+
+
+def diffusion_forcing_loss(
+    model,
+    latents: torch.Tensor,
+    frame0: torch.Tensor,
+    actions: torch.Tensor | None,
+    scheduler,
+    rescale_table: torch.Tensor,
+    generator: torch.Generator,
+    action_dropout: float = 0.2,
+    cond_dropout: float = 0.05,
+    fs: int = 3,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (mean loss, per-(sample, frame) loss (B, T), noise levels t (B, T)).
+
+    model: a WorldModel (or its data-parallel wrapper): model(x, t, frame0, fs, actions) -> v.
+    latents (B, 4, T, h, w) scaled; frame0 (B, 3, H, W) in [-1, 1]; actions (B, T, A) or None.
+    All randomness comes from ``generator`` (its state is checkpointed).
+    """
+    b, _, t, _, _ = latents.shape
+    dev = latents.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator, device=generator.device).to(dev)
+
+    # 1. independent noise level per (sample, frame)
+    steps = scheduler.config.num_train_timesteps
+    ts = torch.randint(0, steps, (b, t), generator=generator, device=generator.device).to(dev)
+    noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(dev, latents.dtype)
+    # 2. dynamic rescale, noise, target
+    x0 = rescale_per_frame(rescale_table, latents, ts)
+    x_t = add_noise_per_frame(scheduler, x0, noise, ts)
+    target = velocity_per_frame(scheduler, x0, noise, ts)
+    # 3. conditioning, dropped together per sample with cond_dropout
+    keep = (rand(b) >= cond_dropout).to(latents.dtype)
+    concat = (latents[:, :, :1] * keep[:, None, None, None, None]).expand(-1, -1, t, -1, -1)
+    frame0 = frame0 * keep[:, None, None, None].to(frame0.dtype)
+    # 4. actions: shifted, then dropped per frame
+    if actions is not None:
+        actions = shift_actions(actions)
+        actions = actions * (rand(b, t) >= action_dropout).to(actions.dtype)[..., None]
+    fs_t = torch.full((b,), fs, dtype=torch.long, device=dev)
+    v = model(torch.cat([x_t, concat], dim=1), ts, frame0, fs=fs_t, actions=actions)
+    per_frame = F.mse_loss(v.float(), target.float(), reduction="none").mean(dim=(1, 3, 4))  # (B, T)
+    return per_frame.mean(), per_frame.detach(), ts
+
+
+def trainable_parameters(model, which: str) -> list[nn.Parameter]:
+    """all: U-Net + Resampler; temporal: temporal layers + time/action embeddings; new: action encoder."""
+    from pipelines.models.attention import TemporalTransformer
+    from pipelines.models.unet import TemporalConvBlock
+
+    unet = model.unet
+    if which == "all":
+        params = list(unet.parameters()) + (list(model.image_proj.parameters()) if model.image_proj is not None else [])
+    elif which == "temporal":
+        mods = [m for m in unet.modules() if isinstance(m, (TemporalConvBlock, TemporalTransformer))]
+        mods += [unet.time_embed] + ([unet.action_encoder] if hasattr(unet, "action_encoder") else [])
+        params = [p for m in mods for p in m.parameters()]
+    else:
+        if not hasattr(unet, "action_encoder"):
+            raise V2WError("--train new needs an action encoder; causalize with --action-dim A")
+        params = list(unet.action_encoder.parameters())
+    seen, unique = set(), []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            unique.append(p)
+    return unique
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (state.json present), oldest first; temp folders are ignored."""
+    root = run / "checkpoints"
+    out = []
+    for p in root.glob("step-*") if root.exists() else []:
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and p.is_dir() and (p / "state.json").exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"cuda{i}"] = s
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(
+    cfg: TrainConfig,
+    on_progress: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train; ``stop_after`` ends this call after that many optimizer steps (tests, preemption)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    from pipelines.data.stream import ClipStream, collate
+    from pipelines.models.world_model import load_model
+
+    cfg.check()
+    t_start = time.time()
+    run_dir = Path(cfg.out)
+    accelerator = Accelerator(
+        mixed_precision=PRECISIONS[cfg.precision],
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=cfg.device == "cpu",
+    )
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+
+    # 1. model, data, compatibility
+    model = load_model(cfg.model, device)
+    if not hasattr(model, "unet") or not hasattr(model.unet, "config"):
+        raise V2WError("v2w train supports the dynamicrafter family MODEL folders", path=cfg.model)
+    stream = ClipStream(cfg.data, "train", cfg.seed, rank, world, cfg.shuffle_buffer)
+    _check_compatible(model, stream.manifest, cfg)
+    uses_actions = bool(model.unet.config.action_dim)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    for module in (model.vae, model.image_encoder):
+        if module is not None:
+            module.requires_grad_(False).eval()
+    model.unet.requires_grad_(False)
+    if model.image_proj is not None:
+        model.image_proj.requires_grad_(False)
+    params = trainable_parameters(model, cfg.train)
+    for p in params:
+        p.requires_grad_(True)
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) if cfg.ema_decay > 0 else None
+    wrapped, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
+    model = accelerator.unwrap_model(wrapped)
+    unet_raw = model.unet
+    scheduler = make_scheduler(model.meta.get("schedule"))
+    dr = (model.meta.get("schedule") or {}).get("dynamic_rescale", {"base_scale": 0.7, "turning_step": 400})
+    table = dynamic_rescale_table(scheduler.config.num_train_timesteps, dr["base_scale"], dr["turning_step"])
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
+    torch.manual_seed(cfg.seed * 1000 + rank)
+    random.seed(cfg.seed * 1000 + rank)
+
+    # 2. resume
+    step, epoch, offset = 0, 0, 0
+    if cfg.resume:
+        step, epoch, offset = _resume(cfg, run_dir, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank)
+        log(f"resumed from step {step}")
+    elif list_checkpoints(run_dir):
+        raise V2WError("has checkpoints already; pass --resume to continue or choose another --out", path=run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        write_json_atomic(run_dir / "config.json", _run_config(cfg, model, stream.manifest))
+    writer = _tensorboard(run_dir, accelerator.is_main_process)
+
+    # 3. loop
+    samples = stream.samples(epoch, offset)
+    losses, window = [], []
+    t_log, n_log = time.time(), 0
+    start_step = step
+    model.unet.train()
+    if model.image_proj is not None:
+        model.image_proj.train()
+    while step < cfg.steps:
+        if stop_after is not None and step - start_step >= stop_after:
+            break
+        step_loss, step_frames = 0.0, []
+        for _ in range(cfg.grad_accum):
+            batch = [next(samples) for _ in range(cfg.batch_size)]
+            epoch, offset = batch[-1][0], batch[-1][1]
+            b = collate([s for _, _, s in batch])
+            frames = b["frames"].to(device)
+            with torch.no_grad():
+                latents = b["latents"].to(device) if "latents" in b else model.encode_frames(frames)
+            with accelerator.accumulate(wrapped), accelerator.autocast():
+                loss, per_frame, ts = diffusion_forcing_loss(
+                    wrapped, latents, frames[:, :, 0], b["actions"].to(device) if uses_actions else None,
+                    scheduler, table, generator, cfg.action_dropout, cfg.cond_dropout, cfg.fs,
+                )
+                if not torch.isfinite(loss):
+                    last = list_checkpoints(run_dir)
+                    raise V2WError(
+                        f"loss is {loss.item()} at step {step + 1}; stopped without saving. Last good checkpoint: "
+                        f"{last[-1][1] if last else 'none'}. Lower --lr, or use --precision bf16/fp32",
+                        path=run_dir,
+                    )
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                lr_sched.step()
+                optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.item() / cfg.grad_accum
+            step_frames.append((per_frame.cpu(), ts.cpu()))
+        step += 1
+        if ema is not None:
+            ema.step(params)
+        losses.append(step_loss)
+        window.append(step_loss)
+        n_log += cfg.batch_size * cfg.grad_accum * world
+        if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+            rec = _metrics_record(step, window, step_frames, lr_sched, grad_norm, n_log / max(time.time() - t_log, 1e-9), device)
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                for k in ("loss", "lr", "grad_norm", "samples_per_s"):
+                    if rec.get(k) is not None:
+                        writer.add_scalar(f"train/{k}", rec[k], step)
+            window, t_log, n_log = [], time.time(), 0
+        if on_progress and accelerator.is_main_process:
+            on_progress({"step": step, "steps": cfg.steps, "loss": step_loss, "lr": lr_sched.get_last_lr()[0]})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            py = random.getstate()
+            me = {
+                "rank": rank, "epoch": epoch, "offset": offset, "python_random": [py[0], list(py[1]), py[2]],
+                "rng": {k: v.tolist() for k, v in _rng_state(generator).items()},
+            }
+            states = gather_object([me])
+            if accelerator.is_main_process:
+                _save_checkpoint(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, states)
+            accelerator.wait_for_everyone()
+        if cfg.preview_every and step % cfg.preview_every == 0 and accelerator.is_main_process:
+            _preview(model, cfg, run_dir, step, scheduler, table)
+
+    # 4. final model (EMA weights when EMA is on)
+    if step >= cfg.steps and accelerator.is_main_process:
+        _save_final(run_dir, cfg, model, unet_raw, ema, params, step, stream.manifest)
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(run_dir, step, losses, start_step, time.time() - t_start)
+
+
+def _check_compatible(model, manifest: dict, cfg: TrainConfig) -> None:
+    c = model.unet.config
+    a = manifest.get("action_dim")
+    if c.action_dim and a != c.action_dim:
+        raise V2WError(
+            f"the data has {a}-d actions but the model expects {c.action_dim}-d; causalize with --action-dim {a}",
+            path=cfg.data,
+        )
+    if c.action_dim and c.action_type == "discrete" and manifest.get("action_type") != "discrete":
+        raise V2WError("the model takes discrete actions but the data's are continuous", path=cfg.data)
+    h, w = manifest["resolution"]
+    factor = 8 * 2 ** (len(c.channel_mult) - 1)
+    if h % factor or w % factor:
+        raise V2WError(
+            f"frames are {h}x{w}; this model needs sizes divisible by {factor} (VAE x8, U-Net x"
+            f"{factor // 8}); re-prepare with --size",
+            path=cfg.data,
+        )
+    if model.vae is None and "latents" not in manifest:
+        raise V2WError("the model has no VAE and the data no pre-encoded latents", path=cfg.model)
+    if model.image_encoder is None or model.image_proj is None:
+        raise V2WError("the model has no image conditioning (image encoder + Resampler)", path=cfg.model)
+
+
+def _run_config(cfg: TrainConfig, model, manifest: dict) -> dict:
+    return {
+        "kind": "v2w-run",
+        "format_version": 1,
+        "v2w_version": __version__,
+        "train": asdict(cfg),
+        "model": model.config_dict()["unet"],
+        "data": {"path": cfg.data, "samples": manifest["splits"]["train"]["samples"], "fps": manifest.get("fps")},
+    }
+
+
+def _metrics_record(step, window, step_frames, lr_sched, grad_norm, samples_per_s, device) -> dict:
+    per = torch.cat([p.reshape(-1) for p, _ in step_frames])
+    ts = torch.cat([t.reshape(-1) for _, t in step_frames])
+    buckets = {}
+    for lo, hi in zip(LOSS_BUCKETS[:-1], LOSS_BUCKETS[1:]):
+        m = (ts >= lo) & (ts < hi)
+        buckets[f"{lo}-{hi - 1}"] = round(per[m].mean().item(), 6) if m.any() else None
+    if device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "step": step,
+        "loss": float(np.mean(window)),
+        "loss_by_noise_level": buckets,
+        "lr": lr_sched.get_last_lr()[0],
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "samples_per_s": round(samples_per_s, 3),
+        "memory_mb": round(memory, 1),
+        "time": time.time(),
+    }
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    write_json_lines = "".join(ln + "\n" for ln in keep)
+    from pipelines.fileio import write_bytes_atomic
+
+    write_bytes_atomic(path, write_json_lines.encode())
+
+
+def _tensorboard(run_dir: Path, main: bool):
+    if not main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _trainable_state(unet_raw, model) -> dict[str, torch.Tensor]:
+    sd = {f"unet.{k}": v for k, v in unet_raw.state_dict().items()}
+    if model.image_proj is not None:
+        sd.update({f"image_proj.{k}": v for k, v in model.image_proj.state_dict().items()})
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _save_checkpoint(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, states) -> None:
+    from safetensors.torch import save_file
+
+    final = run_dir / "checkpoints" / f"step-{step}"
+    with atomic_dir(final) as tmp:
+        save_file(_trainable_state(unet_raw, model), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file({str(i): p.detach().contiguous().cpu() for i, p in enumerate(ema.shadow_params)}, str(tmp / "ema.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        state = {
+            "step": step,
+            "lr_scheduler": lr_sched.state_dict(),
+            "grad_scaler": scaler,
+            "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay} if ema is not None else None,
+            "processes": states,
+            "train": asdict(cfg),
+        }
+        write_json_atomic(tmp / "state.json", state)
+    for _, old in list_checkpoints(run_dir)[: -cfg.keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp_left in (run_dir / "checkpoints").glob(".step-*"):  # half-written by a killed run
+        shutil.rmtree(tmp_left, ignore_errors=True)
+
+
+def _resume(cfg, run_dir, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank) -> tuple[int, int, int]:
+    from safetensors.torch import load_file
+
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise V2WError("no complete checkpoint to resume from", path=run_dir / "checkpoints")
+    if cfg.resume in (None, "latest", "true", "True"):
+        step, path = ckpts[-1]
+    else:
+        match = [c for c in ckpts if c[1].name == cfg.resume or str(c[0]) == cfg.resume]
+        if not match:
+            raise V2WError(f"no checkpoint {cfg.resume!r}; have {[p.name for _, p in ckpts]}", path=run_dir)
+        step, path = match[0]
+    state = read_json(path / "state.json")
+    sd = load_file(str(path / "model.safetensors"), device=str(next(unet_raw.parameters()).device))
+    unet_raw.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("unet.")}, strict=True)
+    if model.image_proj is not None:
+        model.image_proj.load_state_dict({k[11:]: v for k, v in sd.items() if k.startswith("image_proj.")}, strict=True)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    lr_sched.load_state_dict(state["lr_scheduler"])
+    if state.get("grad_scaler") and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["grad_scaler"])
+    if ema is not None:
+        if not (path / "ema.safetensors").exists():
+            raise V2WError("the checkpoint has no EMA but --ema-decay is set; resume with --ema-decay 0", path=path)
+        shadow = load_file(str(path / "ema.safetensors"))
+        ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(ema.shadow_params)]
+        ema.optimization_step = state["ema"]["optimization_step"]
+    procs = {p["rank"]: p for p in state["processes"]}
+    if rank not in procs:
+        raise V2WError(f"the checkpoint was written by {len(procs)} process(es); resume with the same number", path=path)
+    me = procs[rank]
+    _set_rng_state({k: torch.tensor(v, dtype=torch.uint8) for k, v in me["rng"].items()}, generator)
+    version, internal, gauss = me["python_random"]
+    random.setstate((version, tuple(internal), gauss))
+    return step, me["epoch"], me["offset"]
+
+
+def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> None:
+    from pipelines.models.world_model import WorldModel
+
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        meta = dict(model.meta)
+        meta["trained"] = {
+            "steps": step,
+            "data": cfg.data,
+            "from_model": cfg.model,
+            "weights": "ema" if ema is not None else "raw",
+            "action_stats": manifest.get("action_stats"),
+            "action_type": manifest.get("action_type"),
+            "fps": manifest.get("fps"),
+            "clip_len": manifest.get("clip_len"),
+        }
+        meta["fps"] = cfg.fs
+        was = unet_raw.gradient_checkpointing
+        unet_raw.gradient_checkpointing = False
+        WorldModel(unet_raw, model.vae, model.image_encoder, model.image_proj, model.empty_text, meta).save_pretrained(run_dir / "final")
+        unet_raw.gradient_checkpointing = was
+    finally:
+        if ema is not None:
+            ema.restore(params)
+
+
+def _preview(model, cfg, run_dir, step, scheduler, table) -> None:
+    """A reconstruction preview: a val clip noised to t=500 per frame, x0 predicted, decoded."""
+    from PIL import Image
+
+    from pipelines.data.stream import ClipStream
+    from pipelines.diffusion import predict_x0_from_v
+
+    try:
+        clip = next(ClipStream(cfg.data, "val", 0, 0, 1, 1).samples())[2]
+    except V2WError:
+        return
+    unet = model.unet
+    was_training = unet.training
+    unet.eval()
+    with torch.no_grad():
+        frames = clip["frames"].permute(1, 0, 2, 3)[None].to(next(unet.parameters()).device)
+        z = model.encode_frames(frames)
+        b, _, t, _, _ = z.shape
+        ts = torch.full((b, t), 500, device=z.device)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        noise = torch.randn(z.shape, generator=g).to(z.device)
+        x0 = rescale_per_frame(table, z, ts)
+        x_t = add_noise_per_frame(scheduler, x0, noise, ts)
+        ctx = model.image_context(frames[:, :, 0], t)
+        v = unet(torch.cat([x_t, z[:, :, :1].expand(-1, -1, t, -1, -1)], 1), ts, context=ctx, fs=torch.full((b,), cfg.fs))
+        rec = model.decode_latents(predict_x0_from_v(scheduler, x_t, v, ts) / table[500])
+    unet.train(was_training)
+    to_img = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()  # noqa: E731
+    pics = [Image.fromarray(np.concatenate([to_img(frames[0, :, i]), to_img(rec[0, :, i])], axis=1)) for i in range(t)]
+    out = run_dir / "previews" / f"step-{step:07d}.gif"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pics[0].save(out, save_all=True, append_images=pics[1:], duration=150, loop=0)
