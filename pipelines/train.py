@@ -529,6 +529,8 @@ def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> N
             "action_type": manifest.get("action_type"),
             "fps": manifest.get("fps"),
             "clip_len": manifest.get("clip_len"),
+            "resolution": manifest.get("resolution"),
+            "resize": ((manifest.get("made_from") or {}).get("options") or {}).get("resize", "crop"),
         }
         meta["fps"] = cfg.fs
         was = unet_raw.gradient_checkpointing

@@ -8,7 +8,6 @@ from v2w_cli.common import not_implemented
 
 _EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 PENDING = {
-    "rollout": ("Autoregressive prediction from context frames + actions, with action guidance.", "issue 6"),
     "eval": ("FVD / FID / LPIPS / SSIM / PSNR, per-horizon curves, reports.", "issue 7"),
 }
 

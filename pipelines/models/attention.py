@@ -25,10 +25,20 @@ from pipelines.models.causal import FrameGroupNorm
 TEXT_TOKENS = 77
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False) -> torch.Tensor:
-    """Multi-head softmax attention on (B, N, heads * d) tensors."""
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False, past: int = 0
+) -> torch.Tensor:
+    """Multi-head softmax attention on (B, N, heads * d) tensors.
+
+    causal: query i (at absolute position past + i) sees keys 0..past + i, where ``past`` keys
+    precede the queries (a rollout cache); with past = 0 this is the usual lower triangle."""
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if causal and past and q.shape[2] > 1:
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril(diagonal=past)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        # one query after a past: it sees everything; no past: the plain causal triangle
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and not past)
     return rearrange(out, "b h n d -> b n (h d)")
 
 
@@ -64,7 +74,12 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         q = self.to_q(x)
         if context is None:  # self-attention
-            out = _attend(q, self.to_k(x), self.to_v(x), self.heads, causal)
+            k, v, past = self.to_k(x), self.to_v(x), 0
+            if getattr(self, "_v2w_cache", None) is not None:  # rollout: keys/values of history frames
+                from pipelines.models.cache import cached_keys_values
+
+                k, v, past = cached_keys_values(self, k, v)
+            out = _attend(q, k, v, self.heads, causal, past)
         else:
             text = context[:, : self.text_context_len]
             out = _attend(q, self.to_k(text), self.to_v(text), self.heads)

@@ -93,6 +93,10 @@ class CausalTemporalConv3d(nn.Conv3d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "_v2w_cache", None) is not None:  # rollout: the last k-1 history inputs
+            from pipelines.models.cache import cached_conv_input
+
+            return super().forward(cached_conv_input(self, x, self.kernel_size[0] - 1))
         # F.pad pads the last dims first: (w_left, w_right, h_top, h_bottom, t_front, t_back)
         return super().forward(F.pad(x, (0, 0, 0, 0, self.kernel_size[0] - 1, 0)))
 

@@ -185,7 +185,7 @@ class WorldModel(nn.Module):
         if cfg.get("has_empty_text"):
             empty = weights("empty_text")["empty_text"]
         meta = {k: v for k, v in cfg.items() if k not in ("unet", "vae", "image_encoder", "image_proj", "has_empty_text", "v2w_version")}
-        return cls(unet, vae, image_encoder, image_proj, empty, meta)
+        return cls(unet, vae, image_encoder, image_proj, empty, meta).eval()  # like from_pretrained elsewhere
 
 
 def read_model_config(path: str | os.PathLike) -> dict:

@@ -1,0 +1,580 @@
+"""``v2w rollout``: autoregressive prediction with causal action guidance (DESIGN 7).
+
+For each new frame:
+  1. history = the context frames and earlier predictions, each re-noised ONCE to
+     ``history_noise`` (q_sample of x0 * scale_arr[t_h]) when it joins the history, and fed with
+     that noise level as its per-frame timestep;
+  2. the new frame starts from pure noise and is denoised by DDIM (``steps``, trailing spacing,
+     ``eta``) with v-prediction and DynamiCrafter's dynamic rescale of the predicted x0 by
+     scale_arr[t_prev] / scale_arr[t];
+  3. causal action guidance: a second pass with only the newest frame's action zeroed,
+     v = v_u + s (v_c - v_u), then guidance rescale (diffusers' ``rescale_noise_cfg``); both
+     passes run as one batch;
+  4. past the window, the oldest history frames leave the window; the conditioning frame
+     (concat latent and CLIP image) is the first frame of the current window.
+
+Exact activation cache (``cache=True``, per-frame-norm models): history frames run through the
+U-Net once per window and their temporal keys/values and conv inputs are kept, so each denoising
+step computes only the new frame. When the window slides, the cache is rebuilt from the frames
+now in the window (a one-pass prefill), because every frame's activations depend on the frames
+before it in the window: cached and uncached rollouts stay equal to float precision at every
+frame. ``mode="full"`` instead denoises all new frames jointly (the bidirectional-style baseline).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from pipelines.diffusion import dynamic_rescale_table, make_scheduler
+from pipelines.errors import V2WError
+from pipelines.models.cache import ActivationCache, activation_cache
+
+
+@dataclass
+class RolloutConfig:
+    steps: int = 50  # DDIM steps per frame
+    eta: float = 1.0
+    guidance: float = 2.5  # causal action guidance scale (1 = conditional only)
+    guidance_rescale: float = 0.7
+    history_noise: int = 20  # noise level of history frames
+    history_guidance: float = 0.0  # > 0: also guide against a pass without history (beyond the paper)
+    window: int | None = None  # frames in the model's view; None = training length
+    cache: bool | None = None  # None = on for per-frame-norm models
+    mode: str = "autoregressive"  # autoregressive | full
+    seed: int = 0
+    fs: int | None = None  # fps conditioning; None = the model's
+
+
+def ddim_step(
+    x_t: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    alpha_prev: torch.Tensor,
+    eta: float,
+    noise: torch.Tensor | None,
+    x0_rescale: torch.Tensor | float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step for v-prediction -> (x_prev, predicted x0).
+
+    x0 = sqrt(a) x_t - sqrt(1 - a) v;  eps = sqrt(a) v + sqrt(1 - a) x_t;  x0 *= x0_rescale
+    sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev))
+    x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise
+    """
+    a, ap = alpha, alpha_prev
+    x0 = a.sqrt() * x_t - (1 - a).sqrt() * v
+    eps = a.sqrt() * v + (1 - a).sqrt() * x_t
+    x0 = x0 * x0_rescale
+    sigma = eta * ((1 - ap) / (1 - a) * (1 - a / ap)).clamp(min=0).sqrt()
+    x_prev = ap.sqrt() * x0 + (1 - ap - sigma**2).clamp(min=0).sqrt() * eps
+    if eta > 0 and noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance on the newest action, then guidance rescale."""
+    from diffusers.guiders.guider_utils import rescale_noise_cfg
+
+    v = v_uncond + scale * (v_cond - v_uncond)
+    return rescale_noise_cfg(v, v_cond, rescale) if rescale > 0 else v
+
+
+class Roller:
+    """Rolls a WorldModel forward; holds the schedule, the cache and the timing."""
+
+    def __init__(self, model, cfg: RolloutConfig):
+        self.model, self.cfg = model, cfg
+        model.eval()  # dropout would make the rollout random (and the cache inexact)
+        self.unet = model.unet
+        c = self.unet.config
+        if cfg.mode not in ("autoregressive", "full"):
+            raise V2WError(f"--mode must be one of {{autoregressive, full}}. Got {cfg.mode!r}")
+        per_frame = c.causal and c.temporal_norm == "per-frame"
+        if cfg.cache is None:
+            cfg.cache = per_frame and cfg.mode == "autoregressive"
+        if cfg.cache and not per_frame:
+            raise V2WError(
+                "--cache needs a causal model with per-frame temporal norms: with pooled norms every new frame "
+                "changes the history's activations, so nothing can be reused. Use --no-cache"
+            )
+        self.window = cfg.window or c.temporal_length
+        if self.window < 2:
+            raise V2WError(f"--window must be >= 2. Got {self.window}")
+        self.sched = make_scheduler(model.meta.get("schedule"), kind="ddim")
+        self.sched.set_timesteps(cfg.steps)
+        self.timesteps = [int(t) for t in self.sched.timesteps]
+        self.ac = self.sched.alphas_cumprod.float()
+        dr = (model.meta.get("schedule") or {}).get("dynamic_rescale", {"base_scale": 0.7, "turning_step": 400})
+        self.table = dynamic_rescale_table(len(self.ac), dr["base_scale"], dr["turning_step"])
+        self.fs = cfg.fs if cfg.fs is not None else int(model.meta.get("fps", c.default_fs))
+        self.param = next(self.unet.parameters())
+        self.timing: list[float] = []
+        self.frame_passes = 0  # frames pushed through the U-Net (x batch): the compute, machine-independent
+
+    # ------------------------------------------------------------------ pieces
+
+    def renoise(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """History frame (B, 4, 1, h, w) clean latent -> its fixed noised input at t_h."""
+        t = self.cfg.history_noise
+        noise = torch.randn(z.shape, generator=generator).to(z)
+        x0 = z * self.table[t]
+        return self.ac[t].sqrt() * x0 + (1 - self.ac[t]).sqrt() * noise
+
+    def conditioning(self, first_latent: torch.Tensor, first_pixels: torch.Tensor, frames: int):
+        """Concat latent (B, 4, 1, h, w) and per-frame context tokens for ``frames`` positions."""
+        ctx = self.model.image_context(first_pixels, frames)
+        return first_latent, ctx
+
+    def _unet(self, x, ts, concat, ctx, actions, start: int, n: int):
+        """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w)."""
+        b = x.shape[0]
+        self.frame_passes += b * n
+        tokens = self.unet.config.image_tokens_per_frame
+        ctx_n = torch.cat([ctx[:, :77], ctx[:, 77 + start * tokens : 77 + (start + n) * tokens]], dim=1)
+        inp = torch.cat([x, concat.expand(-1, -1, n, -1, -1)], dim=1)
+        fs = torch.full((b,), self.fs, dtype=torch.long, device=x.device)
+        return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions)
+
+    # ------------------------------------------------------------------ the loop
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context_latents: torch.Tensor,
+        context_pixels: torch.Tensor,
+        actions: torch.Tensor | None,
+        horizon: int,
+        on_frame=None,
+    ) -> torch.Tensor:
+        """context_latents (B, 4, C, h, w); context_pixels (B, 3, C, H, W) in [-1, 1];
+        actions (B, C + horizon, A) per-frame *inputs* (frame j's entry is a_{j-1}; already
+        normalised, or one-hot) or None. Returns predicted latents (B, 4, horizon, h, w)."""
+        cfg = self.cfg
+        b, _, n_ctx, _, _ = context_latents.shape
+        if actions is not None and actions.shape[1] < n_ctx + horizon:
+            raise V2WError(f"need {n_ctx + horizon} per-frame actions, got {actions.shape[1]}")
+        if cfg.mode == "full":
+            return self._rollout_full(context_latents, context_pixels, actions, horizon)
+        g = torch.Generator().manual_seed(cfg.seed)
+        clean = [context_latents[:, :, i : i + 1] for i in range(n_ctx)]  # clean latents of every frame
+        noised = [self.renoise(z, g) for z in clean]
+        pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels we know
+        cache, cache_start, cached = ActivationCache(), None, 0
+        preds = []
+        for k in range(horizon):
+            t0 = time.perf_counter()
+            n = len(clean)  # index of the new frame
+            start = max(0, n - (self.window - 1))  # first frame in the window
+            hist = n - start
+            if start not in pixels:
+                pixels[start] = self.model.decode_latents(clean[start])[:, :, 0]
+            concat, ctx = self.conditioning(clean[start], pixels[start], hist + 1)
+            acts = actions[:, start : n + 1] if actions is not None else None
+            if cfg.cache:
+                if cache_start != start:  # the window slid: every history activation changes
+                    cache.clear()
+                    cache_start, cached = start, 0
+                if cached < hist:  # frames that joined the window since: one pass, both guidance halves
+                    x_add = torch.cat(noised[start + cached : n], dim=2)
+                    ts_add = torch.full((b, hist - cached), cfg.history_noise, dtype=torch.long, device=x_add.device)
+                    a_add = acts[:, cached:hist] if acts is not None else None
+                    with activation_cache(self.unet, cache, "append"):
+                        self._unet(*self._pair(x_add, ts_add, concat, ctx, a_add, None), cached, hist - cached)
+                    cached = hist
+            x = torch.randn(clean[0].shape, generator=g).to(clean[0])
+            for i, t in enumerate(self.timesteps):
+                t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+                v = self._predict_new(x, t, noised[start:n], concat, ctx, acts, cache if cfg.cache else None, hist)
+                a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
+                rescale = self.table[max(t_prev, 0)] / self.table[t]
+                noise = torch.randn(x.shape, generator=g).to(x) if cfg.eta > 0 else None
+                x, _ = ddim_step(x, v, a_t, a_prev, cfg.eta, noise, rescale)
+            clean.append(x)
+            noised.append(self.renoise(x, g))
+            preds.append(x)
+            self.timing.append(time.perf_counter() - t0)
+            if on_frame:
+                on_frame(k, self.timing[-1], horizon)
+        return torch.cat(preds, dim=2)
+
+    def _pair(self, x, ts, concat, ctx, acts, new_index):
+        """Duplicate inputs for the conditional and unconditional passes (batched together).
+        new_index: which frame's action the unconditional pass zeroes (None: none)."""
+        x2, ts2 = torch.cat([x, x]), torch.cat([ts, ts])
+        concat2, ctx2 = torch.cat([concat, concat]), torch.cat([ctx, ctx])
+        acts2 = None
+        if acts is not None:
+            uncond = acts.clone()
+            if new_index is not None:
+                uncond[:, new_index] = 0
+            acts2 = torch.cat([acts, uncond])
+        return x2, ts2, concat2, ctx2, acts2
+
+    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist) -> torch.Tensor:
+        """Guided v for the newest frame (B, 4, 1, h, w)."""
+        b = x_new.shape[0]
+        dev = x_new.device
+        guided = acts is not None and self.cfg.guidance != 1.0
+        if cache is not None:
+            ts = torch.full((b, 1), t, dtype=torch.long, device=dev)
+            a_new = acts[:, hist : hist + 1] if acts is not None else None
+            x2, ts2, c2, ctx2, a2 = self._pair(x_new, ts, concat, ctx, a_new, 0)
+            with activation_cache(self.unet, cache, "read"):
+                out = self._unet(x2, ts2, c2, ctx2, a2, hist, 1)
+        else:
+            x = torch.cat([*hist_noised, x_new], dim=2)
+            ts = torch.full((b, hist + 1), self.cfg.history_noise, dtype=torch.long, device=dev)
+            ts[:, -1] = t
+            x2, ts2, c2, ctx2, a2 = self._pair(x, ts, concat, ctx, acts, hist)
+            out = self._unet(x2, ts2, c2, ctx2, a2, 0, hist + 1)[:, :, -1:]
+        v_c, v_u = out[:b], out[b:]
+        v = guide(v_c, v_u, self.cfg.guidance, self.cfg.guidance_rescale) if guided else v_c
+        if self.cfg.history_guidance > 0 and hist > 0:
+            v = self._history_guided(v, x_new, t, concat, ctx, acts, hist)
+        return v
+
+    def _history_guided(self, v, x_new, t, concat, ctx, acts, hist):
+        """Guide against a pass that sees no history (the new frame alone): an anti-drift option."""
+        b = x_new.shape[0]
+        ts = torch.full((b, 1), t, dtype=torch.long, device=x_new.device)
+        a_new = acts[:, hist : hist + 1] if acts is not None else None
+        v_nohist = self._unet(x_new, ts, concat, ctx, a_new, hist, 1)
+        return v + self.cfg.history_guidance * (v - v_nohist)
+
+    def _rollout_full(self, context_latents, context_pixels, actions, horizon):
+        """All new frames denoised jointly with the context frames held at t_h (baseline)."""
+        cfg = self.cfg
+        b, _, n_ctx, _, _ = context_latents.shape
+        total = n_ctx + horizon
+        if total > self.window:
+            raise V2WError(f"--mode full needs context + horizon <= window ({n_ctx} + {horizon} > {self.window})")
+        g = torch.Generator().manual_seed(cfg.seed)
+        hist = torch.cat([self.renoise(context_latents[:, :, i : i + 1], g) for i in range(n_ctx)], dim=2)
+        concat, ctx = self.conditioning(context_latents[:, :, :1], context_pixels[:, :, 0], total)
+        x = torch.randn((b, 4, horizon, *context_latents.shape[3:]), generator=g).to(context_latents)
+        acts = actions[:, :total] if actions is not None else None
+        t0 = time.perf_counter()
+        for i, t in enumerate(self.timesteps):
+            t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+            ts = torch.full((b, total), cfg.history_noise, dtype=torch.long, device=x.device)
+            ts[:, n_ctx:] = t
+            inp = torch.cat([hist, x], dim=2)
+            if acts is not None and cfg.guidance != 1.0:
+                uncond = acts.clone()
+                uncond[:, n_ctx:] = 0
+                out = self._unet(torch.cat([inp, inp]), torch.cat([ts, ts]), torch.cat([concat, concat]),
+                                 torch.cat([ctx, ctx]), torch.cat([acts, uncond]), 0, total)[:, :, n_ctx:]
+                v = guide(out[:b], out[b:], cfg.guidance, cfg.guidance_rescale)
+            else:
+                v = self._unet(inp, ts, concat, ctx, acts, 0, total)[:, :, n_ctx:]
+            a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
+            noise = torch.randn(x.shape, generator=g).to(x) if cfg.eta > 0 else None
+            x, _ = ddim_step(x, v, a_t, a_prev, cfg.eta, noise, self.table[max(t_prev, 0)] / self.table[t])
+        per = (time.perf_counter() - t0) / horizon
+        self.timing += [per] * horizon
+        return x
+
+
+def settings(cfg: RolloutConfig) -> dict:
+    return asdict(cfg)
+
+
+# ==================================================================== files in, files out
+
+CONTEXT_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class RolloutJob:
+    model: str
+    out: str
+    context: str | None = None  # interactive: image / video / .npy of frames
+    actions: str | None = None  # interactive: acts.npy, (H, A) or (H,) integer ids
+    reference: str | None = None  # interactive: optional video/.npy of the true future, shown side by side
+    context_frames: int | None = None  # default: the model's (1 when it does not say)
+    size: tuple[int, int] | None = None  # resize the context to (H, W); default: the training resolution
+    data: str | None = None  # batch: DATA folder
+    split: str = "val"
+    limit: int | None = None
+    horizon: int | None = None
+    shuffle_actions: bool = False
+    batch_size: int = 4
+    device: str = "cpu"
+
+
+def normalize_actions(model, actions: torch.Tensor, manifest: dict | None = None) -> torch.Tensor:
+    """Raw continuous actions -> (a - mean) / std with the stats the model was trained with (the
+    training data's manifest, recorded in MODEL at train time; else ``manifest``); one-hot unchanged."""
+    from pipelines.data.loader import ActionNormalizer
+
+    trained = model.meta.get("trained") or {}
+    src = trained if trained.get("action_stats") else (manifest or {})
+    if src.get("action_stats") and src.get("action_type", "continuous") == "continuous":
+        norm = ActionNormalizer({"action_type": "continuous", "action_stats": src["action_stats"]})
+        return torch.from_numpy(norm(actions.numpy().astype(np.float32)))
+    return actions.float()
+
+
+def _action_inputs(model, actions: torch.Tensor, manifest: dict | None = None) -> torch.Tensor:
+    """Raw actions (B, N, A), row = action taken after a frame -> per-frame model inputs:
+    normalised, then shifted (frame j gets row j-1, frame 0 zeros), as in training."""
+    from pipelines.train import shift_actions
+
+    return shift_actions(normalize_actions(model, actions, manifest))
+
+
+def read_actions_file(path: str, model, horizon: int | None = None) -> torch.Tensor:
+    """acts.npy -> (H, A) float: continuous rows, or integer ids made one-hot for discrete models."""
+    from pipelines.data.sources.videos import load_npy
+
+    c = model.unet.config
+    if not c.action_dim:
+        raise V2WError("the model takes no actions (causalized without --action-dim)", path=path)
+    a = load_npy(__import__("pathlib").Path(path))
+    if c.action_type == "discrete" and np.issubdtype(a.dtype, np.integer) and a.ndim in (1, 2) and (a.ndim == 1 or a.shape[1] == 1):
+        ids = a.reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= c.action_dim):
+            raise V2WError(f"action ids must be in [0, {c.action_dim}); got {ids.min()}..{ids.max()}", path=path)
+        a = np.eye(c.action_dim, dtype=np.float32)[ids]
+    if a.ndim != 2 or a.shape[1] != c.action_dim:
+        want = f"(H, {c.action_dim})" + (" or (H,) integer ids" if c.action_type == "discrete" else "")
+        raise V2WError(f"actions must be {want}, one row per predicted frame; got shape {a.shape}", path=path)
+    if not np.issubdtype(a.dtype, np.number) or not np.isfinite(a).all():
+        raise V2WError("actions must be finite numbers", path=path)
+    if horizon is not None and a.shape[0] < horizon:
+        raise V2WError(f"{a.shape[0]} action rows for a horizon of {horizon}", path=path)
+    return torch.from_numpy(a.astype(np.float32))
+
+
+def read_frames(path: str, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
+    """An image, a video or an .npy of frames -> (T, H, W, 3) uint8 (resized when ``size``)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from pipelines.data.video import decode_video, resize_frames
+
+    p = Path(path)
+    if not p.exists():
+        raise V2WError("context not found", path=p)
+    if p.suffix.lower() in CONTEXT_IMAGE_EXT:
+        try:
+            frames = np.asarray(Image.open(p).convert("RGB"))[None]
+        except OSError as e:
+            raise V2WError(f"cannot read image ({e})", path=p) from None
+    elif p.suffix.lower() == ".npy":
+        frames = np.load(p, allow_pickle=False)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise V2WError(f"frames .npy must be uint8 (T, H, W, 3); got {frames.dtype} {frames.shape}", path=p)
+    else:
+        frames, _ = decode_video(p)
+    if size is not None and tuple(frames.shape[1:3]) != tuple(size):
+        frames = resize_frames(frames, size, resize)
+    return frames
+
+
+def _to_pixels(frames_uint8, device) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).to(device).float().div(127.5).sub(1)
+    return x.permute(3, 0, 1, 2)[None]
+
+
+def _to_uint8(x: torch.Tensor):
+    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8 numpy."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def _model_size(model) -> tuple[int, int] | None:
+    res = (model.meta.get("trained") or {}).get("resolution")
+    return tuple(res) if res else None
+
+
+def run_interactive(job: RolloutJob, cfg: RolloutConfig, on_frame=None) -> dict:
+    """Context + acts.npy -> OUT/{video.mp4, frames.npy, grid.png, rollout.json}."""
+    from pathlib import Path
+
+    from pipelines.data.video import encode_mp4
+    from pipelines.fileio import atomic_open, write_json_atomic
+    from pipelines.models.world_model import load_model
+
+    model = load_model(job.model, job.device)
+    n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
+    actions = read_actions_file(job.actions, model) if job.actions else None
+    if actions is None:
+        raise V2WError("--actions acts.npy is required: one action per frame to predict")
+    horizon = job.horizon or actions.shape[0]
+    resize = (model.meta.get("trained") or {}).get("resize", "crop")  # as the training data was prepared
+    frames = read_frames(job.context, job.size or _model_size(model), resize)
+    if frames.shape[0] < n_ctx:
+        raise V2WError(f"{frames.shape[0]} context frame(s) but --context-frames {n_ctx}", path=job.context)
+    frames = frames[:n_ctx]
+    _check_size(model, frames.shape[1:3], job.context)
+    pixels = _to_pixels(frames, job.device)
+    with torch.no_grad():
+        latents = model.encode_frames(pixels)
+        inputs = _per_frame_inputs(model, actions[:horizon][None], n_ctx)
+        roller = Roller(model, cfg)
+        pred = roller.rollout(latents, pixels, inputs.to(job.device), horizon, on_frame=on_frame)
+        video = model.decode_latents(pred)
+    pred_u8 = _to_uint8(video)[0]
+    all_frames = np.concatenate([frames, pred_u8])
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = all_frames
+    if job.reference:
+        ref = read_frames(job.reference, tuple(frames.shape[1:3]), resize)[: len(all_frames)]
+        if len(ref) < len(all_frames):
+            ref = np.concatenate([ref, np.zeros((len(all_frames) - len(ref), *ref.shape[1:]), np.uint8)])
+        shown = np.concatenate([ref, all_frames], axis=2)  # reference | prediction
+    fps = float((model.meta.get("trained") or {}).get("fps") or 8)
+    with atomic_open(out / "video.mp4") as f:
+        f.write(encode_mp4(shown, fps))
+    with atomic_open(out / "frames.npy") as f:
+        np.save(f, all_frames, allow_pickle=False)
+    _save_grid(all_frames, out / "grid.png", n_ctx)
+    info = {
+        "kind": "v2w-rollout",
+        "format_version": 1,
+        "model": job.model,
+        "context": job.context,
+        "actions": job.actions,
+        "context_frames": n_ctx,
+        "horizon": horizon,
+        "settings": settings(roller.cfg),
+        "window": roller.window,
+        "seconds_per_frame": roller.timing,
+        "mean_seconds_per_frame": float(np.mean(roller.timing)) if roller.timing else None,
+    }
+    write_json_atomic(out / "rollout.json", info)
+    return info
+
+
+def _per_frame_inputs(model, future_actions: torch.Tensor, n_ctx: int, context_actions: torch.Tensor | None = None):
+    """Per-frame action inputs for C context + H predicted frames from the actions taken after
+    each frame: context rows (unknown in interactive use: zeros) then the H future actions, where
+    future action k is the one taken after frame C+k-1, i.e. the input of predicted frame k."""
+    from pipelines.train import shift_actions
+
+    b, h, a = future_actions.shape
+    future = normalize_actions(model, future_actions)
+    # unknown context actions are "no action": 0 in the normalised space, as action dropout trains
+    ctx = normalize_actions(model, context_actions) if context_actions is not None else torch.zeros(b, max(n_ctx - 1, 0), a)
+    rows = torch.cat([ctx[:, : max(n_ctx - 1, 0)], future, torch.zeros(b, 1, a)], dim=1)  # after frames 0..C+H-1
+    return shift_actions(rows)
+
+
+def _check_size(model, hw, path) -> None:
+    factor = 8 * 2 ** (len(model.unet.config.channel_mult) - 1)
+    if hw[0] % factor or hw[1] % factor:
+        raise V2WError(f"frames are {hw[0]}x{hw[1]}; the model needs multiples of {factor} (pass --size HxW)", path=path)
+
+
+def _save_grid(frames, path, n_ctx: int, cols: int = 8) -> None:
+    from PIL import Image
+
+    t, h, w, _ = frames.shape
+    rows = -(-t // cols)
+    grid = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, cols)
+        tile = f.copy()
+        if i < n_ctx:  # context frames get a blue border
+            tile[[0, -1]] = (40, 90, 220)
+            tile[:, [0, -1]] = (40, 90, 220)
+        grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = tile
+    Image.fromarray(grid).save(path)
+
+
+def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
+    """Every clip of a DATA split from its true context and actions -> PRED/clips/<id>.npz
+    (context, pred, ref uint8, actions), PRED/rollout.json; + PRED/shuffled/ with --shuffle-actions."""
+    from pathlib import Path
+
+    from pipelines.data.prepare import load_manifest
+    from pipelines.data.shards import decode_sample, iter_shard
+    from pipelines.fileio import atomic_open, write_json_atomic
+    from pipelines.models.world_model import load_model
+
+    model = load_model(job.model, job.device)
+    manifest = load_manifest(job.data)
+    split = manifest["splits"].get(job.split)
+    if not split or not split["samples"]:
+        raise V2WError(f"the {job.split} split is empty", path=job.data)
+    c = model.unet.config
+    if c.action_dim and manifest.get("action_dim") != c.action_dim:
+        raise V2WError(f"data actions are {manifest.get('action_dim')}-d, the model's {c.action_dim}-d", path=job.data)
+    n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
+    horizon = job.horizon or manifest["clip_len"] - n_ctx
+    if n_ctx + horizon > manifest["clip_len"]:
+        raise V2WError(f"context {n_ctx} + horizon {horizon} > clip length {manifest['clip_len']}", path=job.data)
+    _check_size(model, manifest["resolution"], job.data)
+    clips = []
+    for sh in split["shards"]:
+        for raw in iter_shard(Path(job.data) / sh["name"]):
+            clips.append(decode_sample(raw, name=sh["name"]))
+            if job.limit and len(clips) >= job.limit:
+                break
+        if job.limit and len(clips) >= job.limit:
+            break
+    out = Path(job.out)
+    sets = {"clips": None}
+    if job.shuffle_actions:
+        if len(clips) < 2:
+            raise V2WError("--shuffle-actions needs at least 2 clips", path=job.data)
+        perm = np.random.default_rng(cfg.seed).permutation(len(clips))
+        while (perm == np.arange(len(clips))).any():  # a derangement: no clip keeps its own actions
+            perm = np.random.default_rng(int(perm.sum()) + len(perm)).permutation(len(clips))
+        sets["shuffled"] = perm
+    timings = []
+    roller = Roller(model, cfg)
+    for name, perm in sets.items():
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for s in range(0, len(clips), job.batch_size):
+            chunk = clips[s : s + job.batch_size]
+            frames = np.stack([cl["frames"] for cl in chunk])  # (B, T, H, W, 3)
+            src = [clips[perm[s + i]] for i in range(len(chunk))] if perm is not None else chunk
+            acts = torch.from_numpy(np.stack([cl["actions"] for cl in src]).astype(np.float32))  # (B, T, A) raw
+            pixels = torch.from_numpy(frames[:, :n_ctx]).to(job.device).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+            with torch.no_grad():
+                latents = model.encode_frames(pixels)
+                inputs = _action_inputs(model, acts, manifest) if c.action_dim else None
+                pred = roller.rollout(latents, pixels, inputs.to(job.device) if inputs is not None else None, horizon)
+                video = _to_uint8(model.decode_latents(pred))
+            for i, cl in enumerate(chunk):
+                with atomic_open(out / name / f"{cl['key']}.npz") as f:
+                    np.savez(
+                        f,
+                        context=frames[i, :n_ctx],
+                        pred=video[i],
+                        ref=frames[i, n_ctx : n_ctx + horizon],
+                        actions=src[i]["actions"],
+                    )
+                if on_clip:
+                    on_clip(name, s + i + 1, len(clips))
+        timings += roller.timing
+        roller.timing = []
+    info = {
+        "kind": "v2w-rollout",
+        "format_version": 1,
+        "mode": "batch",
+        "model": job.model,
+        "data": job.data,
+        "split": job.split,
+        "clips": len(clips),
+        "context_frames": n_ctx,
+        "horizon": horizon,
+        "shuffled": job.shuffle_actions,
+        "resolution": manifest["resolution"],
+        "fps": manifest.get("fps"),
+        "settings": settings(cfg),
+        "window": roller.window,
+        "mean_seconds_per_frame": float(np.mean(timings)) / max(job.batch_size, 1) if timings else None,
+    }
+    write_json_atomic(out / "rollout.json", info)
+    return info

@@ -1,0 +1,89 @@
+"""``v2w rollout``: predict frames autoregressively from context frames and actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from v2w_cli.common import console, emit_json, handle_errors, progress_bar
+
+EXAMPLE = """
+Examples:
+
+  v2w rollout --model runs/rt1/final --context start.png --actions acts.npy --out out/rt1
+
+  v2w rollout --model runs/csgo/final --context clip.mp4 --context-frames 4 --actions acts.npy --out out/csgo --guidance 2.5
+
+  v2w rollout --model runs/rt1/final --data data/rt1 --split val --out preds/rt1 --limit 64 --shuffle-actions
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rollout", help="Roll a world model out: one new frame at a time, guided by the actions.\n" + EXAMPLE)(
+        rollout
+    )
+
+
+@handle_errors
+def rollout(
+    model: Path = typer.Option(..., "--model", "-m", help="MODEL folder (RUN/final or v2w causalize output)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    context: str = typer.Option(None, "--context", help="Image, video or .npy of context frames."),
+    actions: str = typer.Option(None, "--actions", help="acts.npy: (H, A) actions, or (H,) ids for discrete models."),
+    reference: str = typer.Option(None, "--reference", help="True future frames to show side by side."),
+    context_frames: int = typer.Option(None, "--context-frames", help="Context frames [default: the model's, else 1]."),
+    size: str = typer.Option(None, "--size", help="Resize the context to HxW [default: the training resolution]."),
+    data: Path = typer.Option(None, "--data", help="Batch mode: DATA folder."),
+    split: str = typer.Option("val", "--split", help="Batch mode: split to roll out."),
+    limit: int = typer.Option(None, "--limit", help="Batch mode: at most N clips."),
+    horizon: int = typer.Option(None, "--horizon", help="Frames to predict [default: all actions / rest of the clip]."),
+    shuffle_actions: bool = typer.Option(False, "--shuffle-actions", help="Batch mode: also roll out with actions permuted across clips."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Batch mode: clips per forward."),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps per frame."),
+    eta: float = typer.Option(1.0, "--eta"),
+    guidance: float = typer.Option(2.5, "--guidance", help="Causal action guidance scale (1 = off)."),
+    guidance_rescale: float = typer.Option(0.7, "--guidance-rescale"),
+    history_noise: int = typer.Option(20, "--history-noise", help="Noise level history frames are fed at."),
+    history_guidance: float = typer.Option(0.0, "--history-guidance", help="Guide against a history-free pass (anti-drift; beyond the paper)."),
+    window: int = typer.Option(None, "--window", help="Frames the model sees at once [default: training length]."),
+    cache: bool = typer.Option(None, "--cache/--no-cache", help="Exact activation cache [default: on for per-frame-norm models]."),
+    mode: str = typer.Option("autoregressive", "--mode", help="autoregressive | full (all frames jointly; baseline)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print rollout.json on stdout."),
+) -> None:
+    from pipelines.data.video import parse_size
+    from pipelines.errors import V2WError
+    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch, run_interactive
+
+    cfg = RolloutConfig(
+        steps=steps, eta=eta, guidance=guidance, guidance_rescale=guidance_rescale, history_noise=history_noise,
+        history_guidance=history_guidance, window=window, cache=cache, mode=mode, seed=seed,
+    )
+    job = RolloutJob(
+        model=str(model), out=str(out), context=context, actions=actions, reference=reference,
+        context_frames=context_frames, size=parse_size(size), data=str(data) if data else None, split=split, limit=limit, horizon=horizon,
+        shuffle_actions=shuffle_actions, batch_size=batch_size, device=device,
+    )
+    quiet = quiet or json_out
+    if data is None and context is None:
+        raise V2WError("give --context and --actions (interactive) or --data (batch mode)")
+    with progress_bar(quiet, unit="frames" if data is None else "clips") as bar:
+        task = bar.add_task("rollout", total=None, rate="")
+        if data is None:
+            def on_frame(k: int, seconds: float, total: int) -> None:
+                bar.update(task, total=total, completed=k + 1, rate=f"{seconds:.2f} s/frame")
+
+            info = run_interactive(job, cfg, on_frame=on_frame)
+        else:
+            def on_clip(name: str, done: int, total: int) -> None:
+                bar.update(task, total=total, completed=done, description=f"rollout ({name})", rate="")
+
+            info = run_batch(job, cfg, on_clip=on_clip)
+    if json_out:
+        emit_json(info)
+    elif not quiet:
+        spf = info.get("mean_seconds_per_frame")
+        console.print(f"wrote {out} ({spf:.2f} s/frame)" if spf else f"wrote {out}")
