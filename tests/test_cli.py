@@ -29,12 +29,6 @@ def test_every_command_has_help_with_an_example(stage):
     assert res.exit_code == 0 and "v2w " in res.output
 
 
-@pytest.mark.parametrize("stage", ["eval"])
-def test_unbuilt_stages_say_so_and_exit_2(stage):
-    res = runner.invoke(app, [stage, "--model", "x"])
-    assert res.exit_code == 2 and "not implemented yet" in res.output
-
-
 def test_prepare_json_and_info(tmp_path):
     src = write_npz(tmp_path / "src")
     res = runner.invoke(app, ["prepare", str(src), "--out", str(tmp_path / "data"), "--clip-len", "6", "--json"])

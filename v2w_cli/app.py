@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import causalize, encode, info, pending, prepare, quickstart, rollout, train
+from v2w_cli import causalize, encode, evaluate, info, prepare, quickstart, rollout, train
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -39,7 +39,7 @@ causalize.register(app)
 encode.register(app)
 train.register(app)
 rollout.register(app)
-pending.register(app)
+evaluate.register(app)
 info.register(app)
 quickstart.register(app)
 

@@ -64,8 +64,3 @@ def progress_bar(quiet: bool, unit: str = "episodes"):
         disable=quiet,
         transient=False,
     )
-
-
-def not_implemented(stage: str, issue: str) -> None:
-    console.print(f"[bold yellow]v2w {stage}: not implemented yet[/] ({issue}).")
-    raise typer.Exit(2)

@@ -1,0 +1,343 @@
+"""``v2w eval``: score rollouts against references (DESIGN 8).
+
+Reads ``PRED/clips/*.npz`` (``context``, ``pred``, ``ref`` uint8; from ``v2w rollout --data``) and,
+when present, ``PRED/shuffled/*.npz``. Scores:
+
+* PSNR, SSIM (11x11 Gaussian, sigma 1.5), LPIPS (VGG or AlexNet + the published heads): per
+  predicted frame, so every number also comes as a curve over the horizon;
+* FID: InceptionV3 pool features of every predicted frame vs every reference frame;
+* FVD: I3D features of whole clips (context + prediction vs context + reference) at 224x224;
+* the copy-last baseline (``baseline="copy-last"``: the last context frame repeated), so every
+  report shows how far above the trivial predictor the model is;
+* action following: with a shuffled set, true-actions minus shuffled-actions PSNR and LPIPS.
+
+Frechet distances need N well above the feature dimension (2048 / 400); below it FID/FVD are
+refused unless ``force``, which marks them biased. Weights are never downloaded: a metric without
+its weights is reported as skipped with the reason, or is an error with ``require``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipelines import __version__
+from pipelines.errors import V2WError
+from pipelines.fileio import write_bytes_atomic, write_json_atomic
+
+METRICS = ("psnr", "ssim", "lpips", "fid", "fvd", "dreamsim")
+PAPER = {  # Vid2World, Table 1
+    "rt1": {"fvd": 18.5, "fid": 5.81, "ssim": 0.842, "lpips": 0.152, "psnr": 24.6, "dreamsim": 0.054},
+    "csgo": {"fvd": 106.6, "fid": 17.5, "ssim": 0.481, "lpips": 0.404, "psnr": 18.7, "dreamsim": 0.135},
+    "recon": {"fvd": 59.4, "fid": 42.9},
+}
+LPIPS_NET = {"rt1": "vgg", "csgo": "vgg", "recon": "alex"}
+FEATURE_DIM = {"fid": 2048, "fvd": 400}
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fid": False, "fvd": False, "dreamsim": False}
+
+
+@dataclass
+class EvalConfig:
+    pred: str
+    out: str
+    ref: str | None = None  # DATA folder, only needed when the npz files carry no `ref`
+    metrics: tuple[str, ...] = ("psnr", "ssim", "lpips", "fid", "fvd")
+    preset: str | None = None  # rt1 | csgo | recon
+    baseline: str | None = "copy-last"
+    weights: str | None = None
+    require: bool = False
+    force: bool = False
+    lpips_net: str | None = None  # default: the preset's, else vgg
+    batch_size: int = 32
+    extra: dict = field(default_factory=dict)
+
+
+def load_set(folder: Path) -> dict:
+    """{key: {"context", "pred", "ref"}} from a clips/ or shuffled/ folder."""
+    files = sorted(folder.glob("*.npz"))
+    out = {}
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as d:
+                out[f.stem] = {k: d[k] for k in ("context", "pred", "ref") if k in d.files}
+        except (ValueError, OSError, EOFError) as e:
+            raise V2WError(f"cannot read prediction file ({e})", path=f) from None
+        c = out[f.stem]
+        if "pred" not in c or "context" not in c:
+            raise V2WError("prediction file needs `context` and `pred` arrays", path=f)
+        if "ref" in c and c["ref"].shape != c["pred"].shape:
+            raise V2WError(f"pred {c['pred'].shape} and ref {c['ref'].shape} differ in shape", path=f)
+    return out
+
+
+def _stack(clips: dict, key: str) -> np.ndarray:
+    return np.stack([clips[k][key] for k in sorted(clips)])
+
+
+class Scorer:
+    """Loads each metric's network once; scores (N, H, h, w, 3) uint8 predictions."""
+
+    def __init__(self, cfg: EvalConfig, log=lambda m: None):
+        self.cfg, self.log = cfg, log
+        self.nets: dict = {}
+        self.skipped: dict[str, str] = {}
+        self.weights: dict[str, str] = {}
+        self.seconds: dict[str, float] = {}
+        self.frames: dict[str, int] = {}
+        for m in cfg.metrics:
+            if m not in METRICS:
+                raise V2WError(f"--metrics entries must be in {{{', '.join(METRICS)}}}. Got {m!r}")
+            try:
+                self._load(m)
+            except V2WError as e:
+                if cfg.require:
+                    raise
+                self.skipped[m] = str(e)
+                log(f"{m}: skipped ({e})")
+
+    def _load(self, m: str) -> None:
+        from pipelines.metrics.networks import TorchScriptFeatures, load_lpips
+        from pipelines.metrics.weights import find_weight
+
+        if m == "lpips":
+            net = self.cfg.lpips_net or LPIPS_NET.get(self.cfg.preset or "", "vgg")
+            self.nets["lpips"], shas = load_lpips(net, self.cfg.weights)
+            self.weights.update(shas)
+        elif m in ("fid", "fvd"):
+            path, sha = find_weight("inception" if m == "fid" else "i3d", self.cfg.weights)
+            self.nets[m] = TorchScriptFeatures(path, "inception" if m == "fid" else "i3d")
+            self.weights[str(path)] = sha
+        elif m == "dreamsim":
+            path, sha = find_weight("dreamsim", self.cfg.weights)
+            raise V2WError(f"found {path}, but v2w does not implement the DreamSim network yet")
+
+    def _timed(self, name: str, frames: int, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        self.frames[name] = self.frames.get(name, 0) + frames
+        return out
+
+    def per_frame(self, pred: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
+        """{metric: (N, H) per-frame values} for psnr / ssim / lpips."""
+        from pipelines.metrics.image import psnr_frames, ssim_frames
+
+        n_frames = pred.shape[0] * pred.shape[1]
+        out = {}
+        if "psnr" in self.cfg.metrics:
+            out["psnr"] = self._timed("psnr", n_frames, lambda: psnr_frames(pred, ref))
+        if "ssim" in self.cfg.metrics:
+            out["ssim"] = self._timed("ssim", n_frames, lambda: ssim_frames(pred, ref))
+        if "lpips" in self.nets:
+            out["lpips"] = self._timed("lpips", n_frames, lambda: self._lpips(pred, ref))
+        return out
+
+    @torch.no_grad()
+    def _lpips(self, pred, ref) -> np.ndarray:
+        net = self.nets["lpips"]
+        p = pred.reshape(-1, *pred.shape[-3:])
+        r = ref.reshape(-1, *ref.shape[-3:])
+        vals = []
+        for s in range(0, len(p), self.cfg.batch_size):
+            a = torch.from_numpy(p[s : s + self.cfg.batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            b = torch.from_numpy(r[s : s + self.cfg.batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            vals.append(net(a, b))
+        return torch.cat(vals).double().numpy().reshape(pred.shape[:2])
+
+    @torch.no_grad()
+    def features(self, metric: str, x: np.ndarray) -> np.ndarray:
+        net = self.nets[metric]
+        bs = self.cfg.batch_size if metric == "fid" else max(1, self.cfg.batch_size // 8)
+        feats = [net(x[s : s + bs]) for s in range(0, len(x), bs)]
+        return torch.cat(feats).double().numpy()
+
+    def frechet(self, metric: str, pred: np.ndarray, ref: np.ndarray) -> dict | None:
+        """FID over frames ((N, H, ...) flattened) or FVD over clips (N, T, ...)."""
+        from pipelines.metrics.frechet import frechet_from_features
+
+        if metric not in self.nets:
+            return None
+        a = pred.reshape(-1, *pred.shape[-3:]) if metric == "fid" else pred
+        b = ref.reshape(-1, *ref.shape[-3:]) if metric == "fid" else ref
+        n = len(a)
+        need = FEATURE_DIM[metric]
+        if n < need and not self.cfg.force:
+            return {"value": None, "n": n, "skipped": f"N = {n} < {need} (feature dimension): covariance singular; pass --force for a biased estimate"}
+        frames = n * (1 if metric == "fid" else a.shape[1])
+        fa = self._timed(metric, frames, lambda: self.features(metric, a))
+        fb = self._timed(metric, frames, lambda: self.features(metric, b))
+        return {"value": frechet_from_features(fa, fb), "n": n, "biased": n < need}
+
+
+def score_set(scorer: Scorer, clips: dict, pred: np.ndarray | None = None) -> dict:
+    """All metrics for one set; ``pred`` overrides the clips' predictions (baselines)."""
+    ctx, ref = _stack(clips, "context"), _stack(clips, "ref")
+    pred = _stack(clips, "pred") if pred is None else pred
+    per = scorer.per_frame(pred, ref)
+    result = {"n_clips": len(clips), "horizon": int(pred.shape[1])}
+    for m, v in per.items():
+        finite = np.where(np.isfinite(v), v, 100.0) if m == "psnr" else v  # identical frames: cap at 100 dB
+        result[m] = float(finite.mean())
+        result[f"{m}_per_horizon"] = finite.mean(axis=0).tolist()
+        result[f"{m}_per_clip"] = finite.mean(axis=1).tolist()
+    for m in ("fid", "fvd"):
+        if m in scorer.cfg.metrics:
+            vids_p = np.concatenate([ctx, pred], axis=1) if m == "fvd" else pred
+            vids_r = np.concatenate([ctx, ref], axis=1) if m == "fvd" else ref
+            r = scorer.frechet(m, vids_p, vids_r)
+            if r is not None:
+                result[m] = r["value"]
+                result[f"{m}_info"] = r
+    return result
+
+
+def run(cfg: EvalConfig, log=lambda m: None) -> dict:
+    pred_dir = Path(cfg.pred)
+    if cfg.preset is not None and cfg.preset not in PAPER:
+        raise V2WError(f"--preset must be one of {{{', '.join(PAPER)}}}. Got {cfg.preset!r}")
+    if cfg.baseline not in (None, "copy-last"):
+        raise V2WError(f"--baseline must be copy-last. Got {cfg.baseline!r}")
+    clips = load_set(pred_dir / "clips")
+    if not clips:
+        raise V2WError("no predictions: expected clips/*.npz written by `v2w rollout --data`", path=pred_dir)
+    if any("ref" not in c for c in clips.values()):
+        _fill_refs(clips, cfg.ref, pred_dir)
+    t0 = time.time()
+    scorer = Scorer(cfg, log)
+    sets = {"model": score_set(scorer, clips)}
+    if cfg.baseline == "copy-last":
+        ctx, ref = _stack(clips, "context"), _stack(clips, "ref")
+        sets["copy-last"] = score_set(scorer, clips, np.repeat(ctx[:, -1:], ref.shape[1], axis=1))
+    action = None
+    if (pred_dir / "shuffled").exists():
+        shuffled = load_set(pred_dir / "shuffled")
+        common = sorted(set(shuffled) & set(clips))
+        if common:
+            for k in common:
+                shuffled[k].setdefault("ref", clips[k]["ref"])
+            sets["shuffled-actions"] = score_set(scorer, {k: shuffled[k] for k in common})
+            true_sub = score_set(scorer, {k: clips[k] for k in common}) if len(common) != len(clips) else sets["model"]
+            action = {
+                m: true_sub[m] - sets["shuffled-actions"][m]
+                for m in ("psnr", "lpips", "ssim") if m in true_sub and m in sets["shuffled-actions"]
+            }
+            action["n_clips"] = len(common)
+    rollout_info = _read_json(pred_dir / "rollout.json")
+    report = {
+        "kind": "v2w-metrics",
+        "format_version": 1,
+        "v2w_version": __version__,
+        "pred": str(pred_dir),
+        "preset": cfg.preset,
+        "settings": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "sets": sets,
+        "action_following": action,
+        "skipped": scorer.skipped,
+        "weights_sha256": scorer.weights,
+        "throughput_frames_per_s": {m: scorer.frames[m] / max(s, 1e-9) for m, s in scorer.seconds.items()},
+        "paper": PAPER.get(cfg.preset or ""),
+        "rollout": rollout_info,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "seconds": time.time() - t0,
+    }
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "metrics.json", report)
+    write_bytes_atomic(out / "metrics.md", markdown_table(report).encode())
+    plot_horizon(report, out / "horizon.png")
+    return report
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _fill_refs(clips: dict, data: str | None, pred_dir: Path) -> None:
+    from pipelines.data.prepare import load_manifest
+    from pipelines.data.shards import decode_sample, iter_shard
+
+    if data is None:
+        raise V2WError("the predictions carry no `ref`; pass --ref DATA", path=pred_dir)
+    m = load_manifest(data)
+    found = {}
+    for split in m["splits"].values():
+        for sh in split["shards"]:
+            for raw in iter_shard(Path(data) / sh["name"]):
+                if raw["__key__"] in clips:
+                    found[raw["__key__"]] = decode_sample(raw)["frames"]
+    for k, c in clips.items():
+        if k not in found:
+            raise V2WError(f"clip {k!r} is not in the reference data", path=data)
+        n, h = len(c["context"]), len(c["pred"])
+        c["ref"] = found[k][n : n + h]
+
+
+def markdown_table(report: dict) -> str:
+    """A table shaped like the paper's Table 1 (FVD, FID, SSIM, LPIPS, PSNR, DreamSim)."""
+    cols = ["fvd", "fid", "ssim", "lpips", "psnr", "dreamsim"]
+    arrows = {m: ("↑" if HIGHER_IS_BETTER[m] else "↓") for m in cols}
+    lines = ["| | " + " | ".join(f"{m.upper() if m != 'dreamsim' else 'DreamSim'} {arrows[m]}" for m in cols) + " |"]
+    lines.append("|---" * (len(cols) + 1) + "|")
+
+    def cell(v, info=None):
+        if v is None:
+            return "n/a"
+        s = f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return s + ("*" if info and info.get("biased") else "")
+
+    for name, res in report["sets"].items():
+        lines.append(f"| {name} | " + " | ".join(cell(res.get(m), res.get(f"{m}_info")) for m in cols) + " |")
+    if report.get("paper"):
+        lines.append(f"| Vid2World (paper, {report['preset']}) | " + " | ".join(cell(report["paper"].get(m)) for m in cols) + " |")
+    text = "\n".join(lines) + "\n"
+    model = report["sets"]["model"]
+    text += f"\n{model['n_clips']} clips, horizon {model['horizon']} frames. n/a: not computed (see below). * biased (N below the feature dimension, --force).\n"
+    if report.get("action_following"):
+        a = report["action_following"]
+        text += "\nAction following (true minus shuffled actions): " + ", ".join(
+            f"{m.upper()} {a[m]:+.3f}" for m in ("psnr", "lpips", "ssim") if m in a
+        ) + f" over {a['n_clips']} clips (PSNR/SSIM gap > 0 and LPIPS gap < 0 mean the model follows the actions).\n"
+    if report.get("skipped"):
+        text += "\nSkipped:\n" + "".join(f"- {m}: {why}\n" for m, why in report["skipped"].items())
+    for name, res in report["sets"].items():
+        for m in ("fid", "fvd"):
+            info = res.get(f"{m}_info")
+            if info and info.get("skipped"):
+                text += f"- {m} ({name}): {info['skipped']}\n"
+    return text
+
+
+def plot_horizon(report: dict, path: Path) -> None:
+    """PSNR / SSIM / LPIPS against the predicted-frame index for every scored set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("psnr", "ssim", "lpips") if f"{m}_per_horizon" in report["sets"]["model"]]
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for name, res in report["sets"].items():
+            y = res.get(f"{m}_per_horizon")
+            if y:
+                ax.plot(range(1, len(y) + 1), y, marker="o", ms=3, label=name)
+        ax.set_xlabel("predicted frame")
+        ax.set_title(f"{m.upper()} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,4 @@
+"""Video-prediction metrics: PSNR, SSIM, LPIPS, FID, FVD and the Frechet distance (DESIGN 8).
+
+Metrics know nothing of world models: they take uint8 frames and return numbers.
+"""

@@ -1,0 +1,201 @@
+"""v2w eval: Frechet maths, PSNR/SSIM values, LPIPS in the real key layouts, weights, guards, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pipelines.errors import V2WError
+from pipelines.evaluate import EvalConfig, run
+from pipelines.metrics.frechet import frechet_distance, frechet_from_features
+from pipelines.metrics.image import psnr_frames, ssim_frames
+from pipelines.metrics.networks import LPIPS, TorchScriptFeatures, alexnet_features, vgg16_features
+from pipelines.metrics.weights import WEIGHTS, find_weight
+from v2w_cli.app import app
+
+
+# ---------------------------------------------------------------- Frechet distance
+
+
+def test_frechet_closed_form_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 1.0])
+    # commuting (diagonal) covariances: tr((S1 S2)^1/2) = sum sqrt(d1 d2)
+    expect = 1 + 0 + 4 + (1 + 4 + 9) + (4 + 1 + 1) - 2 * (2 + 2 + 3)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expect, abs=1e-9)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_matches_scipy_on_random_features():
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(0.3, 1.2, size=(400, 16)) @ rng.normal(size=(16, 16))
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy_linalg.sqrtm(s1 @ s2).real
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean)
+    assert frechet_from_features(a, b) == pytest.approx(ref, rel=1e-6)
+    assert abs(frechet_from_features(a, a)) < 1e-6
+
+
+def test_frechet_singular_covariance_is_finite():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(5, 32)), rng.normal(size=(5, 32))  # N < D: singular
+    assert np.isfinite(frechet_from_features(a, b))
+
+
+# ---------------------------------------------------------------- PSNR / SSIM
+
+
+def test_psnr_against_hand_computed_values():
+    ref = np.zeros((2, 3, 8, 8, 3), np.uint8)
+    pred = ref.copy()
+    pred[0, 0] = 10  # MSE 100 -> 10 log10(255^2 / 100)
+    pred[1, 2, :4] = 255  # half the pixels off by 255: MSE 255^2 / 2 -> 3.0103 dB
+    v = psnr_frames(pred, ref)
+    assert v.shape == (2, 3)
+    assert v[0, 0] == pytest.approx(10 * np.log10(255**2 / 100))
+    assert v[1, 2] == pytest.approx(10 * np.log10(2))
+    assert np.isinf(v[0, 1])
+
+
+def test_ssim_values():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (1, 2, 32, 32, 3), dtype=np.uint8)
+    assert ssim_frames(a, a) == pytest.approx(np.ones((1, 2)), abs=1e-6)
+    flat_a, flat_b = np.full((1, 1, 32, 32, 3), 10, np.uint8), np.full((1, 1, 32, 32, 3), 20, np.uint8)
+    c1 = (0.01 * 255) ** 2  # constant images: SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1), here C1 matters
+    assert ssim_frames(flat_a, flat_b)[0, 0] == pytest.approx((2 * 10 * 20 + c1) / (10**2 + 20**2 + c1), rel=1e-5)
+    noisy = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    assert 0 < ssim_frames(noisy, a).max() < 0.99
+
+
+# ---------------------------------------------------------------- networks in the real layouts
+
+
+def _torchvision_state(features: torch.nn.Module, classifier_dim: int) -> dict:
+    sd = {f"features.{k}": v for k, v in features.state_dict().items()}
+    sd["classifier.6.weight"] = torch.zeros(1000, classifier_dim)  # what torchvision files also hold
+    return sd
+
+
+@pytest.mark.parametrize("net,features,dim", [("vgg", vgg16_features, 4096), ("alex", alexnet_features, 4096)])
+def test_lpips_loads_torchvision_and_lpips_layouts(net, features, dim):
+    torch.manual_seed(0)
+    backbone = _torchvision_state(features(), dim)
+    assert "features.28.weight" in backbone if net == "vgg" else "features.10.weight" in backbone
+    heads = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(LPIPS(net).state_dict()[f"lin{i}.model.1.weight"].shape[1] for i in range(5))}
+    lp = LPIPS(net).load_weights(backbone, heads)
+    a = torch.rand(2, 3, 64, 64) * 2 - 1
+    b = a + 0.3 * torch.randn_like(a)
+    assert torch.allclose(lp(a, a), torch.zeros(2), atol=1e-6)
+    d = lp(a, b)
+    assert d.shape == (2,) and (d > 0).all()
+    assert lp(a, a + 0.6 * torch.randn_like(a)).mean() > d.mean()  # more distortion, larger distance
+    with pytest.raises(V2WError, match="backbone keys do not match"):
+        LPIPS(net).load_weights({"features.0.weight": torch.zeros(1)} | {"classifier.0.weight": torch.zeros(1)}, heads)
+
+
+def test_lpips_heads_shipped_in_torchmetrics_are_found_and_verified():
+    path, sha = find_weight("lpips_vgg")
+    assert path.name == "vgg.pth" and sha == WEIGHTS["lpips_vgg"].sha256
+    heads = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(heads) == set(k for k in LPIPS("vgg").state_dict() if k.startswith("lin"))
+
+
+def test_missing_and_altered_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("V2W_WEIGHTS", raising=False)
+    with pytest.raises(V2WError, match=r"missing vgg16-397923af\.pth for vgg16: torchvision's ImageNet VGG16"):
+        find_weight("vgg16", str(tmp_path))
+    (tmp_path / "vgg16-397923af.pth").write_bytes(b"not the real file")
+    with pytest.raises(V2WError, match="does not start with 397923af"):
+        find_weight("vgg16", str(tmp_path))
+    with pytest.raises(V2WError, match="missing i3d_torchscript.pt"):
+        find_weight("i3d", str(tmp_path))
+
+
+class _TinyDetector(torch.nn.Module):
+    """Stands in for a TorchScript detector with the real call interface (no weights here)."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True):
+        return x.flatten(2).mean(2)[:, :3].repeat(1, 3)
+
+
+def test_torchscript_detectors_interface(tmp_path):
+    torch.jit.save(torch.jit.script(_TinyDetector()), str(tmp_path / "det.pt"))
+    frames = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    inc = TorchScriptFeatures(tmp_path / "det.pt", "inception")
+    assert inc(frames).shape == (4, 9)
+    i3d = TorchScriptFeatures(tmp_path / "det.pt", "i3d")
+    assert i3d(np.stack([frames, frames])).shape == (2, 9)
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(V2WError, match="cannot load TorchScript detector"):
+        TorchScriptFeatures(tmp_path / "bad.pt", "i3d")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _write_pred(root, n=6, h=5, noise=20, seed=0, shuffled_noise=None):
+    rng = np.random.default_rng(seed)
+    for sub, nz in (("clips", noise), ("shuffled", shuffled_noise)):
+        if nz is None:
+            continue
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            r = np.random.default_rng(100 + i)
+            ref = r.integers(0, 256, (h, 32, 32, 3), dtype=np.uint8)
+            ctx = r.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+            pred = np.clip(ref.astype(int) + rng.integers(-nz, nz + 1, ref.shape), 0, 255).astype(np.uint8)
+            np.savez(root / sub / f"clip{i}.npz", context=ctx, pred=pred, ref=ref, actions=np.zeros((7, 2)))
+
+
+def test_eval_report_with_baseline_action_gap_and_guards(tmp_path):
+    _write_pred(tmp_path / "pred", noise=10, shuffled_noise=60)
+    rep = run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "rep"), metrics=("psnr", "ssim", "fid"),
+                         preset="rt1"))
+    model, base = rep["sets"]["model"], rep["sets"]["copy-last"]
+    assert len(model["psnr_per_horizon"]) == 5 and len(model["psnr_per_clip"]) == 6
+    assert model["psnr"] > base["psnr"] and model["ssim"] > base["ssim"]
+    assert rep["action_following"]["psnr"] > 0 and rep["action_following"]["n_clips"] == 6
+    fid = rep["skipped"].get("fid") or model["fid_info"]["skipped"]  # no weights here, or N guard
+    assert fid
+    md = (tmp_path / "rep" / "metrics.md").read_text()
+    assert "| model |" in md and "Vid2World (paper, rt1)" in md and "Action following" in md
+    assert (tmp_path / "rep" / "horizon.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["paper"]["psnr"] == 24.6 and saved["versions"]["torch"]
+
+
+def test_fid_guard_and_force(tmp_path, monkeypatch):
+    torch.jit.save(torch.jit.script(_TinyDetector()), str(tmp_path / "default_1.pt"))
+    import pipelines.metrics.weights as w
+
+    monkeypatch.setitem(w.WEIGHTS, "inception", w.WeightSpec("inception", "default_1.pt", "test detector"))
+    _write_pred(tmp_path / "pred", n=3, h=4)
+    rep = run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "a"), metrics=("fid",), weights=str(tmp_path)))
+    info = rep["sets"]["model"]["fid_info"]
+    assert info["value"] is None and "N = 12 < 2048" in info["skipped"]
+    rep = run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "b"), metrics=("fid",), weights=str(tmp_path), force=True))
+    info = rep["sets"]["model"]["fid_info"]
+    assert info["biased"] and np.isfinite(info["value"]) and info["n"] == 12
+
+
+def test_require_makes_missing_weights_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    _write_pred(tmp_path / "pred", n=2, h=2)
+    with pytest.raises(V2WError, match="missing i3d_torchscript.pt"):
+        run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "r"), metrics=("fvd",), require=True))
+    res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "r2"),
+                                   "--metrics", "psnr,lpips", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert "lpips" in out["skipped"] and "vgg16-397923af.pth" in out["skipped"]["lpips"]
+    res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3")])
+    assert res.exit_code == 1 and "no predictions" in res.output
