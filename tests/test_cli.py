@@ -63,6 +63,9 @@ def test_console_script_entry_point():
 def test_quickstart_smoke(tmp_path):
     res = runner.invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--smoke", "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.stdout)["prepare"]
-    assert summary["resolution"] == [64, 64] and summary["action_dim"] == 4
-    assert summary["splits"]["train"]["samples"] > 0
+    summary = json.loads(res.stdout)
+    assert set(summary["metrics"]) == {"model", "copy-last", "shuffled-actions"}
+    assert summary["metrics"]["copy-last"]["psnr"] > 0 and len(summary["losses"]) == 3
+    report = (tmp_path / "qs" / "report.md").read_text()
+    assert "| copy-last |" in report and (tmp_path / "qs" / "side_by_side.gif").exists()
+    assert (tmp_path / "qs" / "report" / "horizon.png").exists()
