@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import typer
@@ -56,7 +58,7 @@ def causalize(
         check_only=check and out is None, unsafe_pickle=unsafe_pickle, fps=fps,
     )
     log = (lambda msg: None) if (quiet or json_out) else (lambda msg: console.print(f"[dim]{msg}[/]"))
-    with console.status("causalizing", spinner="dots") if not (quiet or json_out) else _nullcontext():
+    with console.status("causalizing", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():
         result = run(cfg, log=log)
     if json_out:
         emit_json(
@@ -107,11 +109,3 @@ def print_check(result, norm: str) -> None:
         console.print(f"[green]causal[/]: past outputs unchanged within {chk['tolerance']}")
     elif norm == "pooled":
         console.print(f"[yellow]pooled temporal GroupNorm leaks {chk['max_leak']:.3g} into the past[/] (use --norm per-frame for exact causality)")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import typer
@@ -47,7 +49,7 @@ def evaluate(
         require=require, force=force, lpips_net=lpips_net,
     )
     log = (lambda m: None) if (quiet or json_out) else (lambda m: console.print(f"[dim]{m}[/]"))
-    with console.status("scoring", spinner="dots") if not (quiet or json_out) else _Null():
+    with console.status("scoring", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():
         report = run(cfg, log=log)
     if json_out:
         emit_json(report)
@@ -76,11 +78,3 @@ def print_table(report: dict) -> None:
         console.print("action following (true - shuffled): " + ", ".join(f"{m} {a[m]:+.3f}" for m in ("psnr", "lpips", "ssim") if m in a))
     for m, why in (report.get("skipped") or {}).items():
         console.print(f"[yellow]{m} skipped:[/] {why}")
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
