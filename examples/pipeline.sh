@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole Vid2World pipeline as one shell script (RT-1-like robot data at 320x512).
-# Stages after `prepare` are being built (see README "Status"); each reads and writes files.
+# Each stage reads and writes files; see README for every flag.
 set -euo pipefail
 RAW=${RAW:-rt1_npz/}
 v2w prepare "$RAW" --out data/rt1 --size 320x512 --clip-len 16 --val-fraction 0.05 --workers 8
