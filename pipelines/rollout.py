@@ -31,6 +31,7 @@ import torch
 
 from pipelines.diffusion import dynamic_rescale_table, make_scheduler
 from pipelines.errors import V2WError
+from pipelines.models.action import shift_actions
 from pipelines.models.cache import ActivationCache, activation_cache
 
 
@@ -322,8 +323,6 @@ def normalize_actions(model, actions: torch.Tensor, manifest: dict | None = None
 def _action_inputs(model, actions: torch.Tensor, manifest: dict | None = None) -> torch.Tensor:
     """Raw actions (B, N, A), row = action taken after a frame -> per-frame model inputs:
     normalised, then shifted (frame j gets row j-1, frame 0 zeros), as in training."""
-    from pipelines.train import shift_actions
-
     return shift_actions(normalize_actions(model, actions, manifest))
 
 
@@ -459,8 +458,6 @@ def _per_frame_inputs(model, future_actions: torch.Tensor, n_ctx: int, context_a
     """Per-frame action inputs for C context + H predicted frames from the actions taken after
     each frame: context rows (unknown in interactive use: zeros) then the H future actions, where
     future action k is the one taken after frame C+k-1, i.e. the input of predicted frame k."""
-    from pipelines.train import shift_actions
-
     b, h, a = future_actions.shape
     future = normalize_actions(model, future_actions)
     # unknown context actions are "no action": 0 in the normalised space, as action dropout trains

@@ -41,6 +41,7 @@ from pipelines.diffusion import (
 )
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, read_json, write_json_atomic
+from pipelines.models.action import shift_actions
 
 TRAIN_SETS = ("all", "temporal", "new")
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -102,11 +103,6 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------- the loss (pure given its randomness)
-
-
-def shift_actions(actions: torch.Tensor) -> torch.Tensor:
-    """Frame t is conditioned on a_{t-1} (the action that led to it); frame 0 gets zeros."""
-    return torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
 
 
 def diffusion_forcing_loss(

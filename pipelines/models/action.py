@@ -10,6 +10,12 @@ from pipelines.errors import V2WError
 ACTION_TYPES = ("continuous", "discrete")
 
 
+def shift_actions(actions: torch.Tensor) -> torch.Tensor:
+    """(B, T, A) actions taken after each frame -> per-frame inputs: frame t is conditioned on
+    a_{t-1}, the action that led to it; frame 0 gets zeros (training and rollout alike)."""
+    return torch.cat([torch.zeros_like(actions[:, :1]), actions[:, :-1]], dim=1)
+
+
 class ActionEncoder(nn.Module):
     """actions -> (B, T, time_embed_dim).
 
