@@ -346,7 +346,7 @@ def run(
                 _save_checkpoint(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, states)
             accelerator.wait_for_everyone()
         if cfg.preview_every and step % cfg.preview_every == 0 and accelerator.is_main_process:
-            _preview(model, cfg, run_dir, step, scheduler, table)
+            _preview(model, cfg, run_dir, step)
 
     # 4. final model (EMA weights when EMA is on)
     if step >= cfg.steps and accelerator.is_main_process:
@@ -538,35 +538,34 @@ def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> N
             ema.restore(params)
 
 
-def _preview(model, cfg, run_dir, step, scheduler, table) -> None:
-    """A reconstruction preview: a val clip noised to t=500 per frame, x0 predicted, decoded."""
+def _preview(model, cfg, run_dir, step) -> None:
+    """A short rollout from a val clip's first frame with its true actions, written as a gif
+    (reference | prediction), so training progress can be watched as the world model behaves."""
     from PIL import Image
 
     from pipelines.data.stream import ClipStream
-    from pipelines.diffusion import predict_x0_from_v
+    from pipelines.rollout import Roller, RolloutConfig
 
     try:
         clip = next(ClipStream(cfg.data, "val", 0, 0, 1, 1).samples())[2]
     except V2WError:
         return
-    unet = model.unet
-    was_training = unet.training
-    unet.eval()
-    with torch.no_grad():
-        frames = clip["frames"].permute(1, 0, 2, 3)[None].to(next(unet.parameters()).device)
-        z = model.encode_frames(frames)
-        b, _, t, _, _ = z.shape
-        ts = torch.full((b, t), 500, device=z.device)
-        g = torch.Generator(device="cpu").manual_seed(0)
-        noise = torch.randn(z.shape, generator=g).to(z.device)
-        x0 = rescale_per_frame(table, z, ts)
-        x_t = add_noise_per_frame(scheduler, x0, noise, ts)
-        ctx = model.image_context(frames[:, :, 0], t)
-        v = unet(torch.cat([x_t, z[:, :, :1].expand(-1, -1, t, -1, -1)], 1), ts, context=ctx, fs=torch.full((b,), cfg.fs))
-        rec = model.decode_latents(predict_x0_from_v(scheduler, x_t, v, ts) / table[500])
-    unet.train(was_training)
+    modes = {m: m.training for m in (model.unet, model.image_proj) if m is not None}
+    device = next(model.unet.parameters()).device
+    try:
+        with torch.no_grad():
+            frames = clip["frames"].permute(1, 0, 2, 3)[None].to(device)  # (1, 3, T, H, W)
+            t = frames.shape[2]
+            z0 = model.encode_frames(frames[:, :, :1])
+            actions = shift_actions(clip["actions"][None].to(device)) if model.unet.config.action_dim else None
+            roller = Roller(model, RolloutConfig(steps=10, fs=cfg.fs))
+            pred = model.decode_latents(roller.rollout(z0, frames[:, :, :1], actions, t - 1))
+    finally:
+        for m, was in modes.items():
+            m.train(was)
     to_img = lambda x: ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()  # noqa: E731
-    pics = [Image.fromarray(np.concatenate([to_img(frames[0, :, i]), to_img(rec[0, :, i])], axis=1)) for i in range(t)]
+    shown = torch.cat([frames[:, :, :1], pred], dim=2)
+    pics = [Image.fromarray(np.concatenate([to_img(frames[0, :, i]), to_img(shown[0, :, i])], axis=1)) for i in range(t)]
     out = run_dir / "previews" / f"step-{step:07d}.gif"
     out.parent.mkdir(parents=True, exist_ok=True)
     pics[0].save(out, save_all=True, append_images=pics[1:], duration=150, loop=0)

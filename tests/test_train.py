@@ -143,6 +143,14 @@ def test_resume_gives_the_identical_loss_sequence(setup, tmp_path):
         assert torch.equal(x, y), k
 
 
+def test_preview_gif(setup, tmp_path):
+    from PIL import Image
+
+    run(cfg(setup, tmp_path / "run", steps=2, preview_every=2, ema_decay=0.0))
+    gif = Image.open(tmp_path / "run" / "previews" / "step-0000002.gif")
+    assert gif.n_frames == 6 and gif.size == (64, 32)  # reference | prediction, every clip frame
+
+
 def test_half_written_checkpoints_are_ignored_on_resume(setup, tmp_path):
     out = tmp_path / "run"
     run(cfg(setup, out, steps=4))
