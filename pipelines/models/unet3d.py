@@ -341,12 +341,12 @@ class UNet3DWorldModel(nn.Module):
         h = unet.conv_in(h)
         h = unet.transformer_in(h, num_frames=frames, return_dict=False)[0]
 
+        def cross(block) -> dict:  # only cross-attention blocks take the text context
+            return {"encoder_hidden_states": ctx} if getattr(block, "has_cross_attention", False) else {}
+
         res = (h,)
         for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, r = block(hidden_states=h, temb=emb, encoder_hidden_states=ctx, num_frames=frames)
-            else:
-                h, r = block(hidden_states=h, temb=emb, num_frames=frames)
+            h, r = block(hidden_states=h, temb=emb, num_frames=frames, **cross(block))
             res += r
 
         if unet.mid_block is not None:
@@ -358,23 +358,14 @@ class UNet3DWorldModel(nn.Module):
             res = res[: -len(block.resnets)]
             if not is_final and forward_upsample_size:
                 upsample_size = res[-1].shape[2:]
-            if getattr(block, "has_cross_attention", False):
-                h = block(
-                    hidden_states=h,
-                    temb=emb,
-                    res_hidden_states_tuple=skips,
-                    encoder_hidden_states=ctx,
-                    upsample_size=upsample_size,
-                    num_frames=frames,
-                )
-            else:
-                h = block(
-                    hidden_states=h,
-                    temb=emb,
-                    res_hidden_states_tuple=skips,
-                    upsample_size=upsample_size,
-                    num_frames=frames,
-                )
+            h = block(
+                hidden_states=h,
+                temb=emb,
+                res_hidden_states_tuple=skips,
+                upsample_size=upsample_size,
+                num_frames=frames,
+                **cross(block),
+            )
 
         if unet.conv_norm_out is not None:
             h = unet.conv_act(unet.conv_norm_out(h))
