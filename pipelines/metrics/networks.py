@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipelines.errors import V2WError
+from pipelines.statedict import load_strict
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 # LPIPS taps: the ReLU outputs relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 / relu1..relu5
@@ -69,20 +70,9 @@ class LPIPS(nn.Module):
         dropped = [k for k in backbone if not k.startswith(("features.", "classifier."))]
         if dropped:
             raise V2WError(f"unexpected backbone keys {dropped[:3]}", path=source)
-        own = self.features.state_dict()
-        missing = [k for k in own if k not in feats]
-        unexpected = [k for k in feats if k not in own]
-        shapes = [k for k in own if k in feats and feats[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            raise V2WError(
-                f"backbone keys do not match {self.net}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                f"other shapes {shapes[:3]}",
-                path=source,
-            )
-        try:
-            self.load_state_dict({**{f"features.{k}": v for k, v in feats.items()}, **heads}, strict=True)
-        except RuntimeError as e:
-            raise V2WError(f"LPIPS head weights do not match {self.net} ({str(e).splitlines()[-1].strip()})") from None
+        load_strict(self.features, feats, "backbone", source, against=f"torchvision's {self.net} layout")
+        lins = nn.ModuleDict({f"lin{i}": getattr(self, f"lin{i}") for i in range(5)})
+        load_strict(lins, heads, "LPIPS head", "<heads>", against=f"the LPIPS v0.1 {self.net} heads")
         return self.eval().requires_grad_(False)
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:

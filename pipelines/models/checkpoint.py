@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pipelines.errors import V2WError
+from pipelines.statedict import load_strict
 
 UNET_PREFIX = "model.diffusion_model."
 PREFIXES = {
@@ -172,21 +173,8 @@ def unet_params_from_yaml(config: Any) -> dict:
 
 
 def check_keys(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str) -> None:
-    """Load ``sd`` strictly; on any mismatch raise one error listing the first offending keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:2])})")
-        raise V2WError(f"{what} keys do not match the config: {'; '.join(parts)}. Wrong --base-config?", path=source)
-    module.load_state_dict(sd, strict=True, assign=next(iter(own.values())).device.type == "meta")
+    """Strict load of a DynamiCrafter part; a mismatch most often means another config."""
+    load_strict(module, sd, what, source, against="the config", hint="Wrong --base-config?")
 
 
 def load_dynamicrafter_unet(checkpoint, config=None, **overrides):

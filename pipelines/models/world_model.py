@@ -26,6 +26,7 @@ import torch.nn as nn
 from pipelines import __version__
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, read_artifact, write_json_atomic
+from pipelines.statedict import load_strict
 from pipelines.models.unet import UNetConfig, VideoUNet
 
 MODEL_KIND = "v2w-model"
@@ -155,13 +156,7 @@ class WorldModel(nn.Module):
             return load_file(str(file), device=str(device))
 
         def strict(module: nn.Module, sd: dict, what: str) -> nn.Module:
-            result = module.load_state_dict(sd, strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise V2WError(
-                    f"{what} weights do not match config.json (missing {result.missing_keys[:3]}, "
-                    f"unexpected {result.unexpected_keys[:3]})",
-                    path=path,
-                )
+            load_strict(module, sd, what, str(path), against="config.json", hint="the model folder is inconsistent")
             return module.to(device)
 
         with torch.device("meta"):
