@@ -76,6 +76,10 @@ def causality_probe(
     """
     y0 = fn(x)
     y1 = fn(perturb_future(x, k, dim, scale, seed))
+    return _whole_leak(y0, y1, x, k, dim)
+
+
+def _whole_leak(y0: torch.Tensor, y1: torch.Tensor, x: torch.Tensor, k: int, dim: int) -> dict:
     if y0.shape[dim] != x.shape[dim]:
         raise ValueError(
             f"fn must keep the frame axis {dim}: input has {x.shape[dim]} frames, output shape {tuple(y0.shape)}"
@@ -155,6 +159,21 @@ def module_leaks(
     name matching no module, or a matching module never called, is an error: a silent empty
     probe would look causal.
     """
+    return _probe(model, fn, x, k, module_types, dim, frame_axes, scale, seed)[0]
+
+
+def _probe(
+    model: nn.Module,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    k: int,
+    module_types: dict[str, ModuleSelector],
+    dim: int = 2,
+    frame_axes: dict[str, FrameAxis] | None = None,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> tuple[dict[str, dict], torch.Tensor, torch.Tensor]:
+    """module_leaks' work; also returns fn's clean and perturbed outputs (one pair of runs)."""
     frame_axes = frame_axes or {}
     b, t = x.shape[0], x.shape[dim]
     targets: dict[str, tuple[str, nn.Module]] = {}
@@ -181,9 +200,9 @@ def module_leaks(
     try:
         for name, (_, m) in targets.items():
             handles.append(m.register_forward_hook(hook_for(name)))
-        fn(x)
+        y0 = fn(x)
         clean, records = records, {}
-        fn(perturb_future(x, k, dim, scale, seed))
+        y1 = fn(perturb_future(x, k, dim, scale, seed))
         pert = records
     finally:
         for h in handles:
@@ -201,7 +220,7 @@ def module_leaks(
         spec = frame_axes.get(type_name, "auto")
         leak = max(_leak(a, b_, k, spec, b, t, f"{name} ({type_name})") for a, b_ in zip(c, p))
         result[name] = {"type": type_name, "max_leak": leak}
-    return result
+    return result, y0, y1
 
 
 def per_module_leaks(
@@ -217,7 +236,29 @@ def per_module_leaks(
 ) -> dict[str, float]:
     """{type name: max leak at frames < k over all modules of that type}; see ``module_leaks``."""
     per = module_leaks(model, fn, x, k, module_types, dim=dim, frame_axes=frame_axes, scale=scale, seed=seed)
+    return _by_type(per, module_types)
+
+
+def _by_type(per: dict[str, dict], module_types: dict) -> dict[str, float]:
     out = {name: 0.0 for name in module_types}
     for r in per.values():
         out[r["type"]] = max(out[r["type"]], r["max_leak"])
     return out
+
+
+@torch.no_grad()
+def layered_causality_probe(
+    model: nn.Module,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    k: int,
+    module_types: dict[str, ModuleSelector],
+    dim: int = 2,
+    frame_axes: dict[str, FrameAxis] | None = None,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> dict:
+    """``causality_probe`` and ``per_module_leaks`` from one clean + one perturbed run:
+    {"max_leak", "k", "future_change", "per_type": {type name: leak}}."""
+    per, y0, y1 = _probe(model, fn, x, k, module_types, dim, frame_axes, scale, seed)
+    return {**_whole_leak(y0, y1, x, k, dim), "per_type": _by_type(per, module_types)}

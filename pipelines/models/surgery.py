@@ -118,7 +118,7 @@ def check_causality(unet: VideoUNet, k: int | None = None, frames: int | None = 
     Runs in eval mode (dropout would read as a leak) and restores the training flag.
     """
     from pipelines.models.attention import SpatialTransformer
-    from pipelines.models.probe import causality_probe, per_module_leaks
+    from pipelines.models.probe import layered_causality_probe
     from pipelines.models.unet import ResBlock, TemporalConvBlock
 
     inputs = probe_inputs(unet, frames)
@@ -132,7 +132,6 @@ def check_causality(unet: VideoUNet, k: int | None = None, frames: int | None = 
         def fn(x: torch.Tensor) -> torch.Tensor:
             return unet(x, inputs["timesteps"], context=inputs["context"], actions=inputs.get("actions"))
 
-        whole = causality_probe(fn, inputs["x"], k)
         types = {
             "temporal conv": TemporalConvBlock,
             "temporal attention": TemporalTransformer,
@@ -140,7 +139,7 @@ def check_causality(unet: VideoUNet, k: int | None = None, frames: int | None = 
             "spatial transformer": SpatialTransformer,
         }
         present = {name: tp for name, tp in types.items() if any(isinstance(m, tp) for m in unet.modules())}
-        per_layer = per_module_leaks(unet, fn, inputs["x"], k, present)
+        whole = layered_causality_probe(unet, fn, inputs["x"], k, present)  # one clean + one perturbed run
     finally:
         unet.train(was_training)
     return {
@@ -148,7 +147,7 @@ def check_causality(unet: VideoUNet, k: int | None = None, frames: int | None = 
         "frames": t,
         "max_leak": whole["max_leak"],
         "future_change": whole["future_change"],
-        "per_layer": per_layer,
+        "per_layer": whole["per_type"],
         "tolerance": tolerance,
         "causal": whole["max_leak"] <= tolerance,
     }
