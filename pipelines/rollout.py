@@ -125,11 +125,6 @@ class Roller:
         x0 = z * self.table[t]
         return self.ac[t].sqrt() * x0 + (1 - self.ac[t]).sqrt() * noise
 
-    def conditioning(self, first_latent: torch.Tensor, first_pixels: torch.Tensor, frames: int):
-        """Concat latent (B, 4, 1, h, w) and per-frame context tokens for ``frames`` positions."""
-        ctx = self.model.image_context(first_pixels, frames)
-        return first_latent, ctx
-
     def _unet(self, x, ts, concat, ctx, actions, start: int, n: int):
         """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w)."""
         b = x.shape[0]
@@ -165,6 +160,7 @@ class Roller:
         noised = [self.renoise(z, g) for z in clean]
         pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels we know
         cache, cache_start, cached = ActivationCache(), None, 0
+        window_ctx, ctx_start = None, None
         preds = []
         for k in range(horizon):
             t0 = time.perf_counter()
@@ -173,7 +169,10 @@ class Roller:
             hist = n - start
             if start not in pixels:
                 pixels[start] = self.model.decode_latents(clean[start])[:, :, 0]
-            concat, ctx = self.conditioning(clean[start], pixels[start], hist + 1)
+            if ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
+                window_ctx, ctx_start = self.model.image_context(pixels[start], self.window), start
+            tokens = self.unet.config.image_tokens_per_frame
+            concat, ctx = clean[start], window_ctx[:, : 77 + (hist + 1) * tokens]
             acts = actions[:, start : n + 1] if actions is not None else None
             if cfg.cache:
                 if cache_start != start:  # the window slid: every history activation changes
@@ -255,7 +254,7 @@ class Roller:
             raise V2WError(f"--mode full needs context + horizon <= window ({n_ctx} + {horizon} > {self.window})")
         g = torch.Generator().manual_seed(cfg.seed)
         hist = torch.cat([self.renoise(context_latents[:, :, i : i + 1], g) for i in range(n_ctx)], dim=2)
-        concat, ctx = self.conditioning(context_latents[:, :, :1], context_pixels[:, :, 0], total)
+        concat, ctx = context_latents[:, :, :1], self.model.image_context(context_pixels[:, :, 0], total)
         x = torch.randn((b, 4, horizon, *context_latents.shape[3:]), generator=g).to(context_latents)
         acts = actions[:, :total] if actions is not None else None
         t0 = time.perf_counter()
