@@ -67,9 +67,3 @@ def rescale_per_frame(table: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) ->
     """x0 * scale_arr[t] with t (B, T) broadcast over channels and pixels."""
     s = table.to(x0.device)[t].to(x0.dtype)  # (B, T)
     return x0 * s[:, None, :, None, None]
-
-
-def predict_x0_from_v(scheduler, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v, per frame (t: (B, T))."""
-    ac = scheduler.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype)[:, None, :, None, None]
-    return ac.sqrt() * x_t - (1 - ac).sqrt() * v

@@ -112,7 +112,6 @@ class Roller:
         dr = (model.meta.get("schedule") or {}).get("dynamic_rescale", {"base_scale": 0.7, "turning_step": 400})
         self.table = dynamic_rescale_table(len(self.ac), dr["base_scale"], dr["turning_step"])
         self.fs = cfg.fs if cfg.fs is not None else int(model.meta.get("fps", c.default_fs))
-        self.param = next(self.unet.parameters())
         self.timing: list[float] = []
         self.frame_passes = 0  # frames pushed through the U-Net (x batch): the compute, machine-independent
 

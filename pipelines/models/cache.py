@@ -36,13 +36,6 @@ class ActivationCache:
         self.store.clear()
         self.frames = 0
 
-    def nbytes(self) -> int:
-        total = 0
-        for v in self.store.values():
-            for t in v if isinstance(v, tuple) else (v,):
-                total += t.numel() * t.element_size()
-        return total
-
 
 @contextlib.contextmanager
 def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str) -> Iterator[ActivationCache]:
