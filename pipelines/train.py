@@ -40,7 +40,7 @@ from pipelines.diffusion import (
     velocity_per_frame,
 )
 from pipelines.errors import V2WError
-from pipelines.fileio import atomic_dir, read_json, write_json_atomic
+from pipelines.fileio import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
 from pipelines.models.action import shift_actions
 
 TRAIN_SETS = ("all", "temporal", "new")
@@ -422,10 +422,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    write_json_lines = "".join(ln + "\n" for ln in keep)
-    from pipelines.fileio import write_bytes_atomic
-
-    write_bytes_atomic(path, write_json_lines.encode())
+    write_bytes_atomic(path, "".join(ln + "\n" for ln in keep).encode())
 
 
 def _tensorboard(run_dir: Path, main: bool):

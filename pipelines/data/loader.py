@@ -82,6 +82,20 @@ def to_model_frames(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def decode_clip(sample: dict, normalize) -> dict:
+    """Raw shard sample -> the model-ready dict described in the module docstring."""
+    s = decode_sample(sample, name=sample.get("__url__", "<shard>"))
+    out = {
+        "key": s["key"],
+        "frames": to_model_frames(s["frames"]),
+        "actions": torch.from_numpy(np.asarray(normalize(s["actions"]), np.float32)),
+        "meta": s["meta"],
+    }
+    if "latents" in s:
+        out["latents"] = torch.from_numpy(s["latents"].astype(np.float32))  # (T, 4, h, w), scaled
+    return out
+
+
 def load_clips(
     data: str | os.PathLike | None = None,
     split: str = "train",
@@ -112,16 +126,7 @@ def load_clips(
     norm = ActionNormalizer(manifest) if normalize_actions else (lambda a: a)
 
     def decode(sample: dict) -> dict:
-        s = decode_sample(sample, name=sample.get("__url__", "<shard>"))
-        out = {
-            "key": s["key"],
-            "frames": to_model_frames(s["frames"]),
-            "actions": torch.from_numpy(np.asarray(norm(s["actions"]), np.float32)),
-            "meta": s["meta"],
-        }
-        if "latents" in s:
-            out["latents"] = torch.from_numpy(s["latents"].astype(np.float32))  # (T, 4, h, w), scaled
-        return out
+        return decode_clip(sample, norm)
 
     def fail(exn: Exception) -> bool:
         if isinstance(exn, V2WError):

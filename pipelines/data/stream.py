@@ -17,9 +17,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipelines.data.loader import ActionNormalizer, to_model_frames
+from pipelines.data.loader import ActionNormalizer, decode_clip
 from pipelines.data.prepare import load_manifest
-from pipelines.data.shards import decode_sample, iter_shard
+from pipelines.data.shards import iter_shard
 from pipelines.errors import V2WError
 
 
@@ -63,15 +63,7 @@ class ClipStream:
             yield buf.pop(rng.randrange(len(buf)))
 
     def decode(self, raw: dict) -> dict:
-        s = decode_sample(raw, name=raw.get("__url__", "<shard>"))
-        out = {
-            "frames": to_model_frames(s["frames"]),  # (T, 3, H, W) in [-1, 1]
-            "actions": torch.from_numpy(np.asarray(self.normalize(s["actions"]), np.float32)),
-            "key": s["key"],
-        }
-        if "latents" in s:
-            out["latents"] = torch.from_numpy(s["latents"].astype(np.float32))
-        return out
+        return decode_clip(raw, self.normalize)
 
     def samples(self, epoch: int = 0, offset: int = 0) -> Iterator[tuple[int, int, dict]]:
         """Yield (epoch, position after this sample, decoded sample) forever from (epoch, offset)."""
