@@ -24,6 +24,7 @@ frame. ``mode="full"`` instead denoises all new frames jointly (the bidirectiona
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -331,7 +332,7 @@ def read_actions_file(path: str, model, horizon: int | None = None) -> torch.Ten
     c = model.unet.config
     if not c.action_dim:
         raise V2WError("the model takes no actions (causalized without --action-dim)", path=path)
-    a = load_npy(__import__("pathlib").Path(path))
+    a = load_npy(Path(path))
     if c.action_type == "discrete" and np.issubdtype(a.dtype, np.integer) and a.ndim in (1, 2) and (a.ndim == 1 or a.shape[1] == 1):
         ids = a.reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= c.action_dim):
@@ -349,8 +350,6 @@ def read_actions_file(path: str, model, horizon: int | None = None) -> torch.Ten
 
 def read_frames(path: str, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
     """An image, a video or an .npy of frames -> (T, H, W, 3) uint8 (resized when ``size``)."""
-    from pathlib import Path
-
     from PIL import Image
 
     from pipelines.data.video import decode_video, resize_frames
@@ -394,8 +393,6 @@ def _model_size(model) -> tuple[int, int] | None:
 
 def run_interactive(job: RolloutJob, cfg: RolloutConfig, on_frame=None) -> dict:
     """Context + acts.npy -> OUT/{video.mp4, frames.npy, grid.png, rollout.json}."""
-    from pathlib import Path
-
     from pipelines.data.video import encode_mp4
     from pipelines.fileio import atomic_open, write_json_atomic
     from pipelines.models.world_model import load_model
@@ -489,8 +486,6 @@ def _save_grid(frames, path, n_ctx: int, cols: int = 8) -> None:
 def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
     """Every clip of a DATA split from its true context and actions -> PRED/clips/<id>.npz
     (context, pred, ref uint8, actions), PRED/rollout.json; + PRED/shuffled/ with --shuffle-actions."""
-    from pathlib import Path
-
     from pipelines.data.prepare import load_manifest
     from pipelines.data.shards import decode_sample, iter_shard
     from pipelines.fileio import atomic_open, write_json_atomic

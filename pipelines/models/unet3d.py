@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import warnings
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention import BasicTransformerBlock
@@ -380,8 +382,6 @@ class UNet3DWorldModel(nn.Module):
 
 def load_unet3d_base(path: str) -> UNet3DConditionModel:
     """A diffusers UNet3DConditionModel from a local folder (its own, or a pipeline's ``unet/``)."""
-    from pathlib import Path
-
     root = Path(path)
     if not root.exists():
         raise V2WError("UNet3D checkpoint folder not found (a diffusers folder with config.json)", path=root)
@@ -413,8 +413,6 @@ def save_unet3d_model(model: UNet3DWorldModel, path, meta: dict, action_encoder:
 
 def load_unet3d_model(path, device="cpu") -> UNet3DWorldModel:
     """Rebuild the causal architecture over the saved (already transferred) weights."""
-    from pathlib import Path
-
     from pipelines.fileio import read_json
 
     cfg = read_json(Path(path) / "config.json")
