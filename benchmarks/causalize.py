@@ -32,7 +32,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run(CausalizeConfig(ckpt="tiny", out=f"{tmp}/m"))
+        res = run(CausalizeConfig(ckpt="tiny-random", out=f"{tmp}/m"))
         print(f"tiny: causalize + probe + save {time.perf_counter() - t0:.2f} s, peak RSS {rss_mb():.0f} MB, leak {res.check['max_leak']:.2g}")
     if args.skip_512:
         return

@@ -33,7 +33,7 @@ def main() -> None:
     from pipelines.rollout import Roller, RolloutConfig
 
     with tempfile.TemporaryDirectory() as tmp:
-        causalize(CausalizeConfig(ckpt="tiny", out=f"{tmp}/m", action_dim=4, action_type="discrete"))
+        causalize(CausalizeConfig(ckpt="tiny-random", out=f"{tmp}/m", action_dim=4, action_type="discrete"))
         model = load_model(f"{tmp}/m")
     torch.manual_seed(0)
     model.unet.action_encoder.embedding.data.normal_(0, 1.0)

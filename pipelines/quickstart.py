@@ -64,8 +64,8 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
     data = stage(f"v2w prepare {raw} --out {out / 'data'} --size 64x64 --resize stretch --clip-len 8 --stride 4 --num-actions {len(names)}",
                  lambda: prepare(PrepareConfig(sources=[str(raw)], out=str(out / "data"), size=(64, 64), resize="stretch",
                                                clip_len=8, stride=4, val_fraction=0.15, num_actions=len(names), shard_size=64)))
-    stage(f"v2w causalize --ckpt tiny --out {out / 'model'} --action-dim {len(names)} --action-type discrete",
-          lambda: causalize(CausalizeConfig(ckpt="tiny", out=str(out / "model"), action_dim=len(names), action_type="discrete")))
+    stage(f"v2w causalize --ckpt tiny-random --out {out / 'model'} --action-dim {len(names)} --action-type discrete",
+          lambda: causalize(CausalizeConfig(ckpt="tiny-random", out=str(out / "model"), action_dim=len(names), action_type="discrete")))
     trained = stage(f"v2w train --model {out / 'model'} --data {out / 'data'} --out {out / 'run'} --steps {steps}",
                     lambda: train(TrainConfig(model=str(out / "model"), data=str(out / "data"), out=str(out / "run"),
                                               steps=steps, batch_size=2, lr=1e-4, save_every=max(steps, 1), log_every=1,

@@ -462,7 +462,7 @@ def _per_frame_inputs(model, future_actions: torch.Tensor, n_ctx: int, context_a
 
 
 def _check_size(model, hw, path) -> None:
-    factor = 8 * 2 ** (len(model.unet.config.channel_mult) - 1)
+    factor = model.vae_factor * 2 ** (len(model.unet.config.channel_mult) - 1)
     if hw[0] % factor or hw[1] % factor:
         raise V2WError(f"frames are {hw[0]}x{hw[1]}; the model needs multiples of {factor} (pass --size HxW)", path=path)
 

@@ -28,3 +28,8 @@ def load_strict(
         raise V2WError(f"{what} keys do not match {against}: {'; '.join(parts)}" + (f". {hint}" if hint else ""), path=source)
     meta = bool(own) and next(iter(own.values())).device.type == "meta"
     module.load_state_dict(sd, strict=True, assign=meta)
+
+
+def to_float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Half-precision tensors (a checkpoint stored in fp16/bf16 to be small) -> float32; others as is."""
+    return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in sd.items()}

@@ -246,7 +246,7 @@ def test_per_frame_timesteps(tiny_unet):
 
 
 def test_causalize_writes_a_model_that_round_trips(tmp_path):
-    res = run(CausalizeConfig(ckpt="tiny", out=str(tmp_path / "m"), action_dim=4, action_type="discrete", transfer="masked"))
+    res = run(CausalizeConfig(ckpt="tiny-random", out=str(tmp_path / "m"), action_dim=4, action_type="discrete", transfer="masked"))
     assert res.check["causal"]
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["kind"] == "v2w-model" and cfg["unet"]["causal"] and cfg["causalize"]["transfer"] == "masked"
@@ -267,9 +267,9 @@ def test_causalize_writes_a_model_that_round_trips(tmp_path):
 
 
 def test_cli_causalize_and_check(tmp_path):
-    res = runner.invoke(app, ["causalize", "--ckpt", "tiny", "--check"])
+    res = runner.invoke(app, ["causalize", "--ckpt", "tiny-random", "--check"])
     assert res.exit_code == 0 and "causal" in res.output and "base model" in res.output
-    res = runner.invoke(app, ["causalize", "--ckpt", "tiny", "--out", str(tmp_path / "m"), "--norm", "pooled", "--json"])
+    res = runner.invoke(app, ["causalize", "--ckpt", "tiny-random", "--out", str(tmp_path / "m"), "--norm", "pooled", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["check"]["causal"] is False and out["report"]["temporal_norms_per_frame"] == 0
@@ -277,7 +277,7 @@ def test_cli_causalize_and_check(tmp_path):
     assert json.loads(res.stdout)["family"] == "dynamicrafter"
     res = runner.invoke(app, ["causalize", "--ckpt", str(tmp_path / "m"), "--check", "--json"])  # probe a MODEL
     assert res.exit_code == 0 and json.loads(res.stdout)["check"]["max_leak"] > 0
-    res = runner.invoke(app, ["causalize", "--ckpt", "tiny", "--out", str(tmp_path / "x"), "--transfer", "bogus"])
+    res = runner.invoke(app, ["causalize", "--ckpt", "tiny-random", "--out", str(tmp_path / "x"), "--transfer", "bogus"])
     assert res.exit_code == 1 and "--transfer must be one of" in res.output
 
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from v2w_cli.app import app
 
 runner = CliRunner()
-STAGES = ("prepare", "causalize", "train", "rollout", "eval", "info", "quickstart", "encode")
+STAGES = ("prepare", "pretrain", "causalize", "train", "rollout", "eval", "info", "quickstart", "encode")
 
 
 def test_help_lists_every_stage():

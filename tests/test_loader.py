@@ -112,7 +112,7 @@ def test_encode_latents_adds_vae_latents_and_resumes(tmp_path):
         d = dict(np.load(f))
         np.savez(f, image=d["image"][:, :, :16], action=d["action"])
     run(PrepareConfig(sources=[str(src)], out=str(tmp_path / "data"), clip_len=4, shard_size=2, val_fraction=0.34, store="npy"))
-    causalize_run(CausalizeConfig(ckpt="tiny", out=str(tmp_path / "m")))
+    causalize_run(CausalizeConfig(ckpt="tiny-random", out=str(tmp_path / "m")))
     before = load_manifest(tmp_path / "data")
 
     calls = []

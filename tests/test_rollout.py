@@ -24,8 +24,8 @@ from v2w_cli.app import app
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("rollout")
-    causalize_run(CausalizeConfig(ckpt="tiny", out=str(root / "fresh"), action_dim=4, action_type="discrete"))
-    causalize_run(CausalizeConfig(ckpt="tiny", out=str(root / "pooled"), action_dim=4, action_type="discrete", norm="pooled"))
+    causalize_run(CausalizeConfig(ckpt="tiny-random", out=str(root / "fresh"), action_dim=4, action_type="discrete"))
+    causalize_run(CausalizeConfig(ckpt="tiny-random", out=str(root / "pooled"), action_dim=4, action_type="discrete", norm="pooled"))
     model = load_model(root / "fresh")
     torch.manual_seed(0)
     model.unet.action_encoder.embedding.data.normal_(0, 5.0)  # make actions matter

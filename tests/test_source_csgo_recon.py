@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from pathlib import Path
@@ -14,6 +13,7 @@ from PIL import Image
 
 from pipelines.data.episode import SourceOptions
 from pipelines.data.sources import csgo_hdf5, recon
+from pipelines.data.synthetic import csgo_action, csgo_frame_bgr, write_csgo_episode, write_recon_traj
 from pipelines.errors import V2WError
 
 OPTS = SourceOptions()
@@ -22,34 +22,12 @@ OPTS = SourceOptions()
 # --- CS:GO hdf5 ----------------------------------------------------------------------------------
 
 
-def _bgr_frame(i: int) -> np.ndarray:
-    """4x6 frame whose B, G, R channels hold different values, so a channel swap is visible."""
-    img = np.zeros((4, 6, 3), np.uint8)
-    img[..., 0] = 10 + i  # B
-    img[..., 1] = 100 + i  # G
-    img[..., 2] = 200 + i  # R
-    return img
-
-
-def _action(i: int) -> np.ndarray:
-    y = np.zeros(51)
-    y[i % 11] = 1  # a key
-    y[11] = i % 2  # left click on odd frames
-    y[13 + 11] = 1  # mouse x = 0
-    y[36 + 7] = 1  # mouse y = 0
-    return y
+_bgr_frame = csgo_frame_bgr  # 4x6 BGR; pixel (0, 0) is B, G, R = 10 + i, 100 + i, 200 + i
+_action = csgo_action  # key i % 11, left click on odd frames, mouse x = 0, mouse y = 0
 
 
 def _write_csgo(path: Path, n: int = 3, skip: set[str] = frozenset()) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        for i in range(n):
-            if f"frame_{i}_x" not in skip:
-                f.create_dataset(f"frame_{i}_x", data=_bgr_frame(i))
-            if f"frame_{i}_y" not in skip:
-                f.create_dataset(f"frame_{i}_y", data=_action(i))
-            f.create_dataset(f"frame_{i}_helperarr", data=np.zeros(2))
-    return path
+    return write_csgo_episode(path, n, skip=skip)
 
 
 def test_csgo_detect_and_list(tmp_path):
@@ -128,22 +106,9 @@ def test_csgo_truncated_file_names_it(tmp_path):
 # --- RECON ---------------------------------------------------------------------------------------
 
 
-def _write_traj(folder: Path, n: int, *, size=(8, 6), fmt: str = "pkl", n_pos: int | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = np.zeros((size[1], size[0], 3), np.uint8)
-        img[..., 0] = 20 * i  # the red channel encodes the frame number (png keeps it exact)
-        Image.fromarray(img).save(folder / f"{i}.png")
-    m = n if n_pos is None else n_pos
-    position = np.stack([np.arange(m, dtype=float), np.zeros(m)], axis=1)
-    yaw = np.zeros(m)
-    if fmt == "pkl":
-        (folder / "traj_data.pkl").write_bytes(pickle.dumps({"position": position, "yaw": yaw}))
-    elif fmt == "npz":
-        np.savez(folder / "traj_data.npz", position=position, yaw=yaw)
-    else:
-        (folder / "traj_data.json").write_text(json.dumps({"position": position.tolist(), "yaw": yaw.tolist()}))
-    return folder
+def _write_traj(folder: Path, n: int, **kw) -> Path:
+    """png frames (exact: the red channel encodes the frame number, 20 * i); straight drive along +x."""
+    return write_recon_traj(folder, n, ext="png", **kw)
 
 
 def test_recon_detect_and_list(tmp_path):

@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     make_atari_episodes(root / "raw", episodes=5, frames=30, seed=1)
     prepare_run(PrepareConfig(sources=[str(root / "raw")], out=str(root / "data"), size=(32, 32), resize="stretch",
                               clip_len=6, stride=3, num_actions=4, shard_size=4, val_fraction=0.2, store="npy"))
-    causalize_run(CausalizeConfig(ckpt="tiny", out=str(root / "model"), action_dim=4, action_type="discrete"))
+    causalize_run(CausalizeConfig(ckpt="tiny-random", out=str(root / "model"), action_dim=4, action_type="discrete"))
     return root
 
 
@@ -224,7 +224,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(setup, tmp_path, monk
 
 
 def test_bad_inputs(setup, tmp_path):
-    causalize_run(CausalizeConfig(ckpt="tiny", out=str(tmp_path / "m7"), action_dim=7))
+    causalize_run(CausalizeConfig(ckpt="tiny-random", out=str(tmp_path / "m7"), action_dim=7))
     with pytest.raises(V2WError, match="the data has 4-d actions but the model expects 7-d; causalize with --action-dim 4"):
         run(cfg(setup, tmp_path / "a", model=str(tmp_path / "m7")))
     prepare_run(PrepareConfig(sources=[str(setup / "raw")], out=str(tmp_path / "d24"), size=(24, 24), clip_len=6,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import causalize, encode, evaluate, info, prepare, quickstart, rollout, train
+from v2w_cli import causalize, encode, evaluate, info, prepare, pretrain, quickstart, rollout, train
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ def _root(
 
 
 prepare.register(app)
+pretrain.register(app)
 causalize.register(app)
 encode.register(app)
 train.register(app)

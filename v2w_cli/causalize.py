@@ -19,6 +19,8 @@ Examples:
 
   v2w causalize --ckpt tiny --out models/tiny --transfer masked --norm pooled
 
+  v2w causalize --ckpt runs/base --out models/boxing --action-dim 18 --action-type discrete   (a v2w pretrain BASE)
+
   v2w causalize --ckpt dynamicrafter --check       (probe only: is the causalized model causal?)
 
   v2w causalize --ckpt runs/rt1/final --check      (probe a MODEL folder; exit 1 if it leaks)
@@ -35,7 +37,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def causalize(
-    ckpt: str = typer.Option(..., "--ckpt", help="dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny | PATH."),
+    ckpt: str = typer.Option(..., "--ckpt", help="dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny (shipped base) | tiny-random | PATH (.ckpt/.safetensors, or a v2w pretrain BASE folder)."),
     out: Path = typer.Option(None, "--out", "-o", help="MODEL folder to write."),
     base_config: str = typer.Option(None, "--base-config", help="DynamiCrafter inference YAML (non-default configs)."),
     family: str = typer.Option("dynamicrafter", "--family", help="dynamicrafter | unet3d (diffusers UNet3DConditionModel)."),
@@ -45,6 +47,7 @@ def causalize(
     action_dim: int = typer.Option(0, "--action-dim", help="Action size A (0: no action conditioning)."),
     action_type: str = typer.Option("continuous", "--action-type", help="continuous (MLP) | discrete (embedding)."),
     fps: int = typer.Option(None, "--fps", help="fps / frame-stride conditioning to train with (paper: 3)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the U-Net + Resampler (keep VAE, CLIP): the no-pretraining control."),
     check: bool = typer.Option(False, "--check", help="Print the causality probe table; without --out only probe."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow pickled objects in a trusted .ckpt."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
@@ -55,7 +58,7 @@ def causalize(
     cfg = CausalizeConfig(
         ckpt=ckpt, out=str(out) if out else None, base_config=base_config, family=family, transfer=transfer,
         order=extrapolation_order, norm=norm, action_dim=action_dim, action_type=action_type,
-        check_only=check and out is None, unsafe_pickle=unsafe_pickle, fps=fps,
+        check_only=check and out is None, unsafe_pickle=unsafe_pickle, fps=fps, from_scratch=from_scratch,
     )
     log = (lambda msg: None) if (quiet or json_out) else (lambda msg: console.print(f"[dim]{msg}[/]"))
     with console.status("causalizing", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():

@@ -56,6 +56,7 @@ def train(
     log_every: int = typer.Option(10, "--log-every"),
     preview_every: int = typer.Option(0, "--preview-every", help="Write a preview gif every N steps (0 = off)."),
     fs: int = typer.Option(3, "--fs", help="Frame-stride / fps conditioning value."),
+    time_limit: float = typer.Option(None, "--time-limit", help="Minutes: then stop, checkpoint and write final/ (steps reached are recorded)."),
     device: str = typer.Option(None, "--device", help="cpu to force the CPU (default: GPU when there is one)."),
     num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (re-launches under accelerate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -71,7 +72,7 @@ def train(
         lr=lr, weight_decay=weight_decay, warmup=warmup, lr_schedule=lr_schedule, seed=seed, save_every=save_every,
         keep=keep, resume=resume, action_dropout=action_dropout, cond_dropout=cond_dropout,
         precision=precision, ema_decay=ema_decay, grad_clip=grad_clip, gradient_checkpointing=gradient_checkpointing,
-        train=train_set, log_every=log_every, preview_every=preview_every, fs=fs, device=device,
+        train=train_set, log_every=log_every, preview_every=preview_every, fs=fs, device=device, time_limit=time_limit,
     )
     quiet = quiet or json_out
     from v2w_cli.common import progress_bar

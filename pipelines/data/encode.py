@@ -2,7 +2,7 @@
 
 ``encode_latents(DATA, MODEL)`` adds one member to every sample of every shard::
 
-    <clip-id>.latents.npy   float16 (T, 4, H/8, W/8): the VAE posterior mode of each frame,
+    <clip-id>.latents.npy   float16 (T, 4, H/f, W/f), f the VAE factor: the VAE posterior mode of each frame,
                             already multiplied by the latent scale (0.18215), i.e. what the
                             U-Net sees as x0
 
@@ -91,7 +91,7 @@ def encode_latents(
             "vae_sha256": fp,
             "scale": scale,
             "dtype": "float16",
-            "shape": ["T", int(vae.config.latent_channels), h // 8, w // 8],
+            "shape": ["T", int(vae.config.latent_channels), h // model.vae_factor, w // model.vae_factor],
             "complete": False,
         }
         write_json_atomic(data / "manifest.json", manifest)

@@ -3,7 +3,7 @@
 ``load_clips(DATA, split="train")`` yields dicts::
 
     {"key": str, "frames": float32 (T, C, H, W) in [-1, 1], "actions": float32 (T, A), "meta": dict,
-     "latents": float32 (T, 4, H/8, W/8), only when ``v2w encode`` added them}
+     "latents": float32 (T, 4, H/f, W/f), f the VAE factor, only when ``v2w encode`` added them}
 
 Continuous actions are normalised with the manifest's train statistics, (a - mean) / std (std
 floored at 1e-6 so constant dimensions stay 0); discrete (one-/multi-hot) actions pass unchanged.

@@ -25,6 +25,7 @@ def make_atari_episodes(
     frame_skip: int = 4,
     seed: int = 0,
     fps: float = 15.0,
+    full_action_space: bool = False,
 ) -> Path:
     """Play ``episodes`` episodes of ``frames`` frames each and write them to ``out``."""
     try:
@@ -38,7 +39,8 @@ def make_atari_episodes(
     ale.setInt("random_seed", seed)
     ale.setFloat("repeat_action_probability", 0.0)  # deterministic given the seed
     ale.loadROM(roms.get_rom_path(game))
-    action_set = list(ale.getMinimalActionSet())
+    # the minimal set (4 for Breakout); the full 18 gives every game the same action space
+    action_set = list(ale.getLegalActionSet() if full_action_space else ale.getMinimalActionSet())
     rng = np.random.default_rng(seed)
     for e in range(episodes):
         ale.reset_game()
@@ -59,3 +61,26 @@ def make_atari_episodes(
             np.save(f, np.asarray(ids, np.int64), allow_pickle=False)
     write_json_atomic(out / "actions.json", {"game": game, "actions": [str(a).split(".")[-1] for a in action_set]})
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipelines.data.sample --game boxing --episodes 8 --frames 96 --seed 0 OUT``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.data.sample", description=__doc__.split("\n")[0])
+    p.add_argument("out", help="folder to write episode_NNN.mp4/.npy + actions.json into")
+    p.add_argument("--game", default="breakout", help="an ale-py ROM name (breakout, boxing, pong, freeway, ...)")
+    p.add_argument("--episodes", type=int, default=8)
+    p.add_argument("--frames", type=int, default=96, help="frames per episode (fewer if the game ends)")
+    p.add_argument("--frame-skip", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0, help="emulator + policy seed; use new seeds for held-out test episodes")
+    p.add_argument("--full-action-space", action="store_true", help="all 18 Atari actions (same action space for every game)")
+    a = p.parse_args(argv)
+    try:
+        make_atari_episodes(a.out, a.game, a.episodes, a.frames, a.frame_skip, a.seed, full_action_space=a.full_action_space)
+    except V2WError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ One sample (tar members sharing the key ``<clip-id>``, which never contains a do
     <clip-id>.actions.npy  float32 (T, A); row t = action taken after frame t (one-hot for ids)
     <clip-id>.meta.json    {"source", "format", "episode_id", "start_frame", "source_frames",
                             "fps", "num_frames", "real_action_rows", "split"}
-    <clip-id>.latents.npy  optional, float16 (T, 4, H/8, W/8) scaled VAE latents (``v2w encode``)
+    <clip-id>.latents.npy  optional, float16 (T, 4, H/f, W/f), f the VAE factor scaled VAE latents (``v2w encode``)
 
 Tar members are written with a fixed mtime and owner, so the same input gives byte-identical
 shards (and the same sha256) on every run.

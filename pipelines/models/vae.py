@@ -223,6 +223,20 @@ def convert_ldm_vae_state_dict(sub: Mapping[str, torch.Tensor], config: dict) ->
     return new_sd, source
 
 
+def vae_to_ldm_state_dict(vae, ddconfig: Mapping) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`load_vae`'s conversion: a diffusers ``AutoencoderKL`` -> LDM-layout keys
+    (no prefix), e.g. to write a DynamiCrafter checkpoint. Uses the same diffusers mapping, so a
+    round trip through :func:`load_vae` is exact (tested)."""
+    shapes = ldm_vae_shapes(ddconfig)
+    stand_ins = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    _, source = convert_ldm_vae_state_dict(stand_ins, dict(vae.config))
+    sd = vae.state_dict()
+    missing = sorted(set(sd) - set(source))
+    if missing or len(source) != len(shapes):
+        raise V2WError(f"VAE does not match ddconfig {dict(ddconfig)}: {_listing(missing) or 'unmapped LDM keys'}")
+    return {source[k]: v.detach().reshape(shapes[source[k]]).contiguous().cpu() for k, v in sd.items()}
+
+
 def load_vae(
     state_dict: Mapping[str, torch.Tensor],
     prefix: str = "first_stage_model.",
@@ -340,6 +354,7 @@ __all__ = [
     "ldm_ddconfig_from_state_dict",
     "ldm_vae_shapes",
     "load_vae",
+    "vae_to_ldm_state_dict",
     "tiny_ldm_ddconfig",
     "vae_config_from_ldm",
 ]

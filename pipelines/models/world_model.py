@@ -26,7 +26,7 @@ import torch.nn as nn
 from pipelines import __version__
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, read_artifact, write_json_atomic
-from pipelines.statedict import load_strict
+from pipelines.statedict import load_strict, to_float32
 from pipelines.models.unet import UNetConfig, VideoUNet
 
 MODEL_KIND = "v2w-model"
@@ -63,10 +63,15 @@ class WorldModel(nn.Module):
         self.meta.setdefault("schedule", DEFAULT_SCHEDULE)
         self.meta.setdefault("latent_scale", LATENT_SCALE)
 
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell: 8 for DynamiCrafter's VAE (2 per VAE level after the first)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+
     # ------------------------------------------------------------------ conditioning
 
     def encode_frames(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/8, W/8), frame by frame."""
+        """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/f, W/f), frame by frame (f = vae_factor)."""
         from pipelines.models.vae import encode_video
 
         if self.vae is None:
@@ -125,8 +130,9 @@ class WorldModel(nn.Module):
             **{k: v for k, v in self.meta.items() if k not in ("kind", "format_version", "family")},
         }
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write MODEL atomically: everything goes to a temp sibling folder that is renamed at the end."""
+    def save_pretrained(self, path: str | os.PathLike, half: bool = False) -> Path:
+        """Write MODEL atomically: everything goes to a temp sibling folder that is renamed at the end.
+        ``half``: weights stored in float16 (half the size; :meth:`from_pretrained` upcasts)."""
         from safetensors.torch import save_file
 
         with atomic_dir(path) as tmp:
@@ -134,6 +140,8 @@ class WorldModel(nn.Module):
             for name, module in parts.items():
                 if module is not None:
                     sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+                    if half:
+                        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
                     save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
             if self.empty_text.numel():
                 save_file({"empty_text": self.empty_text.detach().contiguous().cpu()}, str(tmp / "empty_text.safetensors"))
@@ -153,7 +161,7 @@ class WorldModel(nn.Module):
             file = path / f"{name}.safetensors"
             if not file.exists():
                 raise V2WError(f"missing {file.name}; the model folder is incomplete", path=path)
-            return load_file(str(file), device=str(device))
+            return to_float32(load_file(str(file), device=str(device)))  # shipped models may be stored in fp16
 
         def strict(module: nn.Module, sd: dict, what: str) -> nn.Module:
             load_strict(module, sd, what, str(path), against="config.json", hint="the model folder is inconsistent")

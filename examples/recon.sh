@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Vid2World on RECON (open-world navigation): prepare -> causalize -> train -> rollout -> eval,
+# with the paper's settings (../shared/DESIGN.md sections 6-8).
+#
+# Usage: examples/recon.sh [--smoke] [OUT]
+#   OUT      output root (default: $V2W_OUT, else runs/recon; runs/recon-smoke with --smoke). Stages
+#            write OUT/data, OUT/model, OUT/run, OUT/pred, OUT/report; a finished stage is skipped on a
+#            re-run (delete its folder to redo it) and training resumes from its last checkpoint.
+#   --smoke  every stage on a small synthetic stand-in in RECON's layout (python -m
+#            pipelines.data.synthetic recon), with --ckpt tiny, tiny sizes and 2 train steps, on the CPU.
+# Environment: RAW (folder of trajectory folders, default raw/recon), GPUS (training processes,
+#   default 4), CKPT (base, default dynamicrafter = DynamiCrafter-512 from the Hugging Face cache, or a
+#   path), WEIGHTS (folder with the LPIPS/FID/FVD weights, see README "v2w eval"), LIMIT (val clips to
+#   roll out, default all).
+#
+# Data (download and convert yourself, once), as NoMaD, NWM and Vid2World do:
+#   download RECON's public tarball (recon_dataset.tar.gz) from the dataset page, see
+#   https://sites.google.com/view/recon-robot/dataset, and unpack it: a folder `recon_release` of
+#   .hdf5 trajectories. Convert them with visualnav-transformer's script (see
+#   https://github.com/robodhruv/visualnav-transformer, README "Data-Wrangling"):
+#     python train/process_recon.py --input-dir <folder that holds recon_release> --output-dir raw/recon
+#   which writes one folder per trajectory: 0.jpg, 1.jpg, ... + traj_data.pkl (`position` (T, 2),
+#   `yaw` (T,)). v2w reads it at 4 Hz and turns the poses into ego-frame actions (dx, dy, dyaw).
+#   Vid2World's README also changes visualnav-transformer's preprocessing resolution; see there.
+#
+# Paper settings: 320x512 frames, 20-frame clips, 4 context frames; DynamiCrafter-512 made causal
+# with the extrapolative weight transfer; Diffusion Forcing, AdamW lr 1e-5, effective batch 16
+# (4 GPUs x 2 clips x 2 accumulation steps), 100k steps, bf16 and gradient checkpointing; rollout
+# with DDIM 50 steps and causal action guidance 2.5 (rescale 0.7); eval preset recon (LPIPS with
+# AlexNet) against the copy-last baseline.
+set -euo pipefail
+. "$(dirname "$0")/_recipe.sh"
+recipe_init recon "$@"
+
+RAW=${RAW:-raw/recon}
+GPUS=${GPUS:-4}
+CKPT=${CKPT:-dynamicrafter}
+SIZE=320x512 CLIP=20 CONTEXT=4 GUIDANCE=2.5
+PREPARE=(--val-fraction 0.1 --workers 8)
+TRAIN=(--steps 100000 --batch-size 2 --grad-accum 2 --lr 1e-5 --precision bf16 --gradient-checkpointing
+       --save-every 1000 --keep 3)
+ROLLOUT=(--steps 50 --device cuda)
+EVAL=(--metrics psnr,ssim,lpips,fid,fvd)
+[ -n "${LIMIT:-}" ] && ROLLOUT+=(--limit "$LIMIT")
+[ -n "${WEIGHTS:-}" ] && EVAL+=(--weights "$WEIGHTS")
+
+if [ "$SMOKE" = 1 ]; then
+  run python -m pipelines.data.synthetic recon "$OUT/raw" --episodes 4 --frames 12 --size 24x32
+  RAW=$OUT/raw GPUS=1
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a tiny model runs faster on one thread than on contended cores
+  SIZE=32x32 CLIP=6
+  PREPARE=(--val-fraction 0.25 --store npy --quiet)
+  TRAIN=(--steps 2 --batch-size 1 --lr 1e-4 --ema-decay 0 --save-every 1000 --device cpu --quiet)
+  ROLLOUT=(--steps 2 --limit 2 --horizon 2 --device cpu --quiet)
+  EVAL=(--metrics psnr,ssim)
+fi
+
+done_or "$OUT/data" v2w prepare "$RAW" --out "$OUT/data" --format recon --size "$SIZE" --clip-len "$CLIP" "${PREPARE[@]}"
+ADIM=$(action_dim "$OUT/data")  # 3: dx, dy, dyaw
+
+# --norm per-frame is exactly causal and enables the rollout cache; --norm pooled is what the
+# official Vid2World checkpoints use (README "v2w causalize")
+CAUSALIZE=(--out "$OUT/model" --transfer extrapolative --norm per-frame --action-dim "$ADIM")
+if [ "$SMOKE" = 1 ]; then
+  causalize_tiny "${CAUSALIZE[@]}" --quiet
+else
+  done_or "$OUT/model" v2w causalize --ckpt "$CKPT" "${CAUSALIZE[@]}"
+fi
+
+# GPUS=4: accelerate launch --multi_gpu --num_processes 4 -m v2w_cli train ... (= v2w train ... --num-processes 4)
+train --model "$OUT/model" --data "$OUT/data" --out "$OUT/run" "${TRAIN[@]}"
+
+done_or "$OUT/pred/rollout.json" v2w rollout --model "$OUT/run/final" --data "$OUT/data" --split val --out "$OUT/pred" \
+  --context-frames "$CONTEXT" --guidance "$GUIDANCE" --guidance-rescale 0.7 --history-noise 20 --shuffle-actions "${ROLLOUT[@]}"
+
+run v2w eval --pred "$OUT/pred" --out "$OUT/report" --preset recon --baseline copy-last "${EVAL[@]}"
+say "report: $OUT/report/metrics.md"
