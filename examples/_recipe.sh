@@ -60,28 +60,10 @@ action_dim() {
   python -c 'import json, sys; print(json.load(open(sys.argv[1]))["action_dim"])' "$1/manifest.json"
 }
 
-# causalize_tiny ARGS...: `v2w causalize --ckpt tiny ARGS`; an install without the shipped tiny base
-# (pipelines/assets/tiny-base) falls back to `--ckpt tiny-random`, the same layout with random weights.
-# SMOKE_CKPT=NAME|PATH picks another small base instead.
+# causalize_tiny ARGS...: `v2w causalize --ckpt tiny ARGS` (the base shipped in pipelines/assets/tiny-base);
+# SMOKE_CKPT=NAME|PATH picks another small base instead (e.g. tiny-random: random weights, same layout).
 causalize_tiny() {
-  local err
-  if [ -n "${SMOKE_CKPT:-}" ]; then
-    run v2w causalize --ckpt "$SMOKE_CKPT" "$@"
-    return
-  fi
-  err=$(mktemp)
-  say "v2w causalize --ckpt tiny $*"
-  if v2w causalize --ckpt tiny "$@" 2>"$err"; then
-    cat "$err" >&2
-  elif grep -q -- "tiny-random" "$err"; then
-    echo "note: this install has no shipped tiny base; using --ckpt tiny-random" >&2
-    run v2w causalize --ckpt tiny-random "$@"
-  else
-    cat "$err" >&2
-    rm -f "$err"
-    return 1
-  fi
-  rm -f "$err"
+  run v2w causalize --ckpt "${SMOKE_CKPT:-tiny}" "$@"
 }
 
 # train ARGS...: `v2w train ARGS` on GPUS processes (default 1). With GPUS > 1 this is
@@ -102,4 +84,36 @@ train() {
   else
     run v2w train "$@"
   fi
+}
+
+# smoke_settings FORMAT HxW [PREPARE flags...]: --smoke replaces the paper's settings with seconds-sized
+# ones: a synthetic stand-in in FORMAT's real layout (raw frames HxW), one CPU process, 32x32 clips of 6.
+smoke_settings() {
+  local format=$1 size=$2
+  shift 2
+  run python -m pipelines.data.synthetic "$format" "$OUT/raw" --episodes 4 --frames 12 --size "$size"
+  RAW=$OUT/raw GPUS=1
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a tiny model runs faster on one thread than on contended cores
+  SIZE=32x32 CLIP=6
+  PREPARE=(--val-fraction 0.25 "$@" --store npy --quiet)
+  TRAIN=(--steps 2 --batch-size 1 --lr 1e-4 --ema-decay 0 --save-every 1000 --device cpu --quiet)
+  ROLLOUT=(--steps 2 --limit 2 --horizon 2 --device cpu --quiet)
+  EVAL=(--metrics psnr,ssim)
+}
+
+# causalize_train_rollout_eval PRESET: the last four stages, from CAUSALIZE, TRAIN, ROLLOUT, EVAL,
+# CONTEXT, GUIDANCE and CKPT as the recipe set them.
+causalize_train_rollout_eval() {
+  local preset=$1
+  if [ "$SMOKE" = 1 ]; then
+    causalize_tiny "${CAUSALIZE[@]}" --quiet
+  else
+    done_or "$OUT/model" v2w causalize --ckpt "$CKPT" "${CAUSALIZE[@]}"
+  fi
+  # GPUS=4: accelerate launch --multi_gpu --num_processes 4 -m v2w_cli train ... (= v2w train ... --num-processes 4)
+  train --model "$OUT/model" --data "$OUT/data" --out "$OUT/run" "${TRAIN[@]}"
+  done_or "$OUT/pred/rollout.json" v2w rollout --model "$OUT/run/final" --data "$OUT/data" --split val --out "$OUT/pred" \
+    --context-frames "$CONTEXT" --guidance "$GUIDANCE" --guidance-rescale 0.7 --history-noise 20 --shuffle-actions "${ROLLOUT[@]}"
+  run v2w eval --pred "$OUT/pred" --out "$OUT/report" --preset "$preset" --baseline copy-last "${EVAL[@]}"
+  say "report: $OUT/report/metrics.md"
 }

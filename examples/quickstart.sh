@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # The quickstart as a plain shell script: every stage is one command over files.
 # (`v2w quickstart` runs the same chain from Python; this shows how the stages compose.)
+# MODEL: the world model to roll out [default: the one shipped inside v2w].
 set -euo pipefail
 OUT=${1:-runs/quickstart-sh}
-python - "$OUT/raw" <<'PY'
-import sys
-from pipelines.data.sample import make_atari_episodes
-make_atari_episodes(sys.argv[1], game="breakout", episodes=24, frames=160, seed=0)
-PY
-v2w prepare "$OUT/raw" --out "$OUT/data" --size 64x64 --resize stretch --clip-len 8 --stride 4 --num-actions 4 --val-fraction 0.15 --quiet
-v2w causalize --ckpt tiny-random --out "$OUT/model" --action-dim 4 --action-type discrete --quiet
-v2w train --model "$OUT/model" --data "$OUT/data" --out "$OUT/run" --steps 60 --batch-size 2 --lr 1e-4 --ema-decay 0 --device cpu --quiet
-v2w rollout --model "$OUT/run/final" --data "$OUT/data" --split val --out "$OUT/pred" --limit 8 --context-frames 2 --steps 10 --shuffle-actions --quiet
+MODEL=${MODEL:-$(python -c "from pipelines.models.checkpoint import shipped_world_model; print(shipped_world_model())")}
+python -m pipelines.data.sample --game boxing --episodes 12 --frames 120 --seed 2000 "$OUT/raw"   # fresh episodes
+v2w prepare "$OUT/raw" --out "$OUT/data" --size 64x64 --resize stretch --clip-len 8 --stride 8 --num-actions 18 --val-fraction 0.5 --seed 2000 --quiet
+v2w rollout --model "$MODEL" --data "$OUT/data" --split val --out "$OUT/pred" --limit 24 --context-frames 2 --steps 10 --shuffle-actions --batch-size 8 --quiet
 v2w eval --pred "$OUT/pred" --out "$OUT/report" --metrics psnr,ssim,lpips --baseline copy-last
+# training works end to end: the shipped base (DynamiCrafter layout), causalized, fine-tuned briefly
+v2w causalize --ckpt tiny --out "$OUT/model" --action-dim 18 --action-type discrete --quiet
+v2w train --model "$OUT/model" --data "$OUT/data" --out "$OUT/run" --steps 30 --batch-size 2 --lr 1e-4 --ema-decay 0 --log-every 1 --device cpu --quiet

@@ -44,16 +44,7 @@ EVAL=(--metrics psnr,ssim,lpips,fid,fvd)
 [ -n "${LIMIT:-}" ] && ROLLOUT+=(--limit "$LIMIT")
 [ -n "${WEIGHTS:-}" ] && EVAL+=(--weights "$WEIGHTS")
 
-if [ "$SMOKE" = 1 ]; then
-  run python -m pipelines.data.synthetic recon "$OUT/raw" --episodes 4 --frames 12 --size 24x32
-  RAW=$OUT/raw GPUS=1
-  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a tiny model runs faster on one thread than on contended cores
-  SIZE=32x32 CLIP=6
-  PREPARE=(--val-fraction 0.25 --store npy --quiet)
-  TRAIN=(--steps 2 --batch-size 1 --lr 1e-4 --ema-decay 0 --save-every 1000 --device cpu --quiet)
-  ROLLOUT=(--steps 2 --limit 2 --horizon 2 --device cpu --quiet)
-  EVAL=(--metrics psnr,ssim)
-fi
+[ "$SMOKE" = 1 ] && smoke_settings recon 24x32  # synthetic stand-in, --ckpt tiny, CPU, seconds
 
 done_or "$OUT/data" v2w prepare "$RAW" --out "$OUT/data" --format recon --size "$SIZE" --clip-len "$CLIP" "${PREPARE[@]}"
 ADIM=$(action_dim "$OUT/data")  # 3: dx, dy, dyaw
@@ -61,17 +52,4 @@ ADIM=$(action_dim "$OUT/data")  # 3: dx, dy, dyaw
 # --norm per-frame is exactly causal and enables the rollout cache; --norm pooled is what the
 # official Vid2World checkpoints use (README "v2w causalize")
 CAUSALIZE=(--out "$OUT/model" --transfer extrapolative --norm per-frame --action-dim "$ADIM")
-if [ "$SMOKE" = 1 ]; then
-  causalize_tiny "${CAUSALIZE[@]}" --quiet
-else
-  done_or "$OUT/model" v2w causalize --ckpt "$CKPT" "${CAUSALIZE[@]}"
-fi
-
-# GPUS=4: accelerate launch --multi_gpu --num_processes 4 -m v2w_cli train ... (= v2w train ... --num-processes 4)
-train --model "$OUT/model" --data "$OUT/data" --out "$OUT/run" "${TRAIN[@]}"
-
-done_or "$OUT/pred/rollout.json" v2w rollout --model "$OUT/run/final" --data "$OUT/data" --split val --out "$OUT/pred" \
-  --context-frames "$CONTEXT" --guidance "$GUIDANCE" --guidance-rescale 0.7 --history-noise 20 --shuffle-actions "${ROLLOUT[@]}"
-
-run v2w eval --pred "$OUT/pred" --out "$OUT/report" --preset recon --baseline copy-last "${EVAL[@]}"
-say "report: $OUT/report/metrics.md"
+causalize_train_rollout_eval recon

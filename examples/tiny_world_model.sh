@@ -14,18 +14,23 @@
 #      with the copy-last baseline.
 #
 # Usage: examples/tiny_world_model.sh [OUT] [--smoke]
-# Sizes and budgets come from the variables below (override any: BASE_STEPS=8000 examples/...).
-# The shipped model was made with the defaults on one H200 GPU in about 9 minutes; on a CPU the
-# same recipe takes hours (use the *_MIN time limits to bound each stage: a stage that reaches its
-# limit stops, checkpoints and carries on with what it has, and records the steps it reached).
-# --smoke: tiny sizes on the CPU in about a minute, to check the script itself (CI does).
+# Sizes and budgets come from the variables below (override any: BASE_STEPS=8000 examples/...); the
+# defaults are sized for one GPU (~10 minutes). The shipped model was made without a GPU, on 2 CPU
+# cores in 55 minutes, with (recorded in pipelines/assets/tiny-world-model/recipe.json):
+#   PRE_GAMES="boxing pong freeway enduro" PRE_EPISODES=10 WM_EPISODES=48 TEST_EPISODES=8 VAE_BATCH=8
+#   VAE_STEPS=3000 VAE_MIN=15 BASE_STEPS=950 BASE_MIN=14 WM_STEPS=800 WM_MIN=21 BATCH=4 LIMIT=24
+#   DDIM_STEPS=10 WORKERS=2 PARTS=2 PRECISION=fp32 CONTROL_PARALLEL=1 THREADS=1
+# The *_MIN time limits bound each stage: a stage that reaches its limit stops, checkpoints,
+# records the steps it reached and the recipe carries on. A re-run skips finished stages.
+# Then `python -m pipelines.ship OUT pipelines/assets` makes the result the shipped models.
+# --smoke: tiny sizes on the CPU in a few minutes, to check the script itself (tests do).
 set -euo pipefail
 OUT=runs/tiny_world_model
 SMOKE=0
 for a in "$@"; do
   case "$a" in
     --smoke) SMOKE=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) OUT="$a" ;;
   esac
 done
@@ -44,8 +49,19 @@ fi
 : "${CONTROL_PARALLEL:=0}" "${THREADS:=1}"   # CONTROL_PARALLEL=1: world model and control train at once (CPU)
 : "${DEVICE:=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}"
 limit() { [ -n "$1" ] && echo "--time-limit $1" || true; }
+done_or() { local p=$1; shift; if [ -e "$p" ]; then echo "   (skip: $p exists)"; else "$@"; fi; }  # re-runs continue
+
+main() {
 
 mkdir -p "$OUT/raw"
+done_or "$OUT/settings.json" python - "$OUT/settings.json" <<PY   # what this run used, for the record (python -m pipelines.ship reads it)
+import json, sys
+json.dump(dict(PRE_GAMES="$PRE_GAMES", PRE_EPISODES=$PRE_EPISODES, PRE_FRAMES=$PRE_FRAMES, WM_EPISODES=$WM_EPISODES,
+               WM_FRAMES=$WM_FRAMES, TEST_EPISODES=$TEST_EPISODES, ARCH="$ARCH", VAE_STEPS=$VAE_STEPS, VAE_BATCH=$VAE_BATCH,
+               VAE_LR=$VAE_LR, VAE_MIN="$VAE_MIN", BASE_STEPS=$BASE_STEPS, BASE_MIN="$BASE_MIN", WM_STEPS=$WM_STEPS,
+               WM_MIN="$WM_MIN", BATCH=$BATCH, LIMIT=$LIMIT, DDIM_STEPS=$DDIM_STEPS, DEVICE="$DEVICE",
+               PRECISION="$PRECISION", CONTROL_PARALLEL=$CONTROL_PARALLEL, THREADS=$THREADS), open(sys.argv[1], "w"), indent=1)
+PY
 echo "== 1. play (ale-py, random held actions)"
 # play GAME EPISODES FRAMES SEED0 PARTS DIR [flags]: PARTS processes, seeds SEED0.., one folder each
 play() {
@@ -55,31 +71,37 @@ play() {
       --seed $((seed + k)) "$@" "$dir/part$k" &
   done
 }
-for g in $PRE_GAMES; do play "$g" "$PRE_EPISODES" "$PRE_FRAMES" 0 1 "$OUT/raw/pretrain/$g" --full-action-space; done
-play boxing "$WM_EPISODES" "$WM_FRAMES" 1 "$PARTS" "$OUT/raw/boxing"
-play boxing "$TEST_EPISODES" "$TEST_FRAMES" 1000 2 "$OUT/raw/boxing-test"
-wait
-COMMON=(--size 64x64 --resize stretch --clip-len 8 --num-actions 18 --store npy --workers "$WORKERS" --quiet)
-v2w prepare "$OUT"/raw/pretrain/*/part* --out "$OUT/data/pretrain" --stride 4 --val-fraction 0.05 "${COMMON[@]}"
-v2w prepare "$OUT"/raw/boxing/part* --out "$OUT/data/boxing" --stride 4 --val-fraction 0.05 "${COMMON[@]}"
-v2w prepare "$OUT"/raw/boxing-test/part* --out "$OUT/data/boxing-test" --stride 8 --val-fraction 0 "${COMMON[@]}"
+if [ ! -e "$OUT/data/boxing-test/manifest.json" ]; then
+  rm -rf "$OUT/raw" "$OUT/data"
+  for g in $PRE_GAMES; do play "$g" "$PRE_EPISODES" "$PRE_FRAMES" 0 1 "$OUT/raw/pretrain/$g" --full-action-space; done
+  play boxing "$WM_EPISODES" "$WM_FRAMES" 1 "$PARTS" "$OUT/raw/boxing"
+  play boxing "$TEST_EPISODES" "$TEST_FRAMES" 1000 2 "$OUT/raw/boxing-test"
+  wait
+  COMMON=(--size 64x64 --resize stretch --clip-len 8 --num-actions 18 --store npy --workers "$WORKERS" --quiet)
+  v2w prepare "$OUT"/raw/pretrain/*/part* --out "$OUT/data/pretrain" --stride 4 --val-fraction 0.05 "${COMMON[@]}"
+  v2w prepare "$OUT"/raw/boxing/part* --out "$OUT/data/boxing" --stride 4 --val-fraction 0.05 "${COMMON[@]}"
+  v2w prepare "$OUT"/raw/boxing-test/part* --out "$OUT/data/boxing-test" --stride 8 --val-fraction 0 "${COMMON[@]}"
+fi
 
 echo "== 2. pretrain the bidirectional base"
 # shellcheck disable=SC2046
-v2w pretrain --data "$OUT/data/pretrain" --out "$OUT/base" --arch "$ARCH" --vae-steps "$VAE_STEPS" \
+done_or "$OUT/base/model.ckpt" v2w pretrain --data "$OUT/data/pretrain" --out "$OUT/base" --arch "$ARCH" --vae-steps "$VAE_STEPS" \
   --vae-batch-size "$VAE_BATCH" --vae-lr "$VAE_LR" $( [ -n "$VAE_MIN" ] && echo --vae-time-limit "$VAE_MIN" ) --steps "$BASE_STEPS" \
   --batch-size "$BATCH" --lr 3e-4 --warmup 200 --ema-decay 0.999 --precision "$PRECISION" --save-every 1000 \
-  $(limit "$BASE_MIN") --half --device "$DEVICE" --quiet
+  $(limit "$BASE_MIN") --half --device "$DEVICE" --quiet $( [ -d "$OUT/base/work" ] && echo --resume )
 
 echo "== 3. causalize with 18 discrete actions; and the control: the same base, U-Net re-initialised"
-v2w causalize --ckpt "$OUT/base" --out "$OUT/model" --action-dim 18 --action-type discrete --quiet
-v2w causalize --ckpt "$OUT/base" --from-scratch --out "$OUT/model-scratch" --action-dim 18 --action-type discrete --quiet
+done_or "$OUT/model" v2w causalize --ckpt "$OUT/base" --out "$OUT/model" --action-dim 18 --action-type discrete --quiet
+done_or "$OUT/model-scratch" v2w causalize --ckpt "$OUT/base" --from-scratch --out "$OUT/model-scratch" --action-dim 18 \
+  --action-type discrete --quiet
 # train MODEL RUN STEPS: Diffusion Forcing on Boxing with its actions
 train() {
+  [ -e "$OUT/$2/final" ] && return
   # shellcheck disable=SC2046
   v2w train --model "$OUT/$1" --data "$OUT/data/boxing" --out "$OUT/$2" --steps "$3" --batch-size "$BATCH" \
     --lr 2e-4 --warmup 100 --lr-schedule cosine --ema-decay 0.999 --action-dropout 0.2 --precision "$PRECISION" \
-    --save-every 500 --log-every 50 $(limit "$WM_MIN") --device "$DEVICE" --quiet
+    --save-every 500 --log-every 50 $(limit "$WM_MIN") --device "$DEVICE" --quiet \
+    $(compgen -G "$OUT/$2/checkpoints/step-*/state.json" >/dev/null && echo --resume)
 }
 if [ "$CONTROL_PARALLEL" = 1 ]; then
   echo "== 4. train the world model and the control side by side ($WM_STEPS steps each, $THREADS threads each)"
@@ -95,8 +117,13 @@ fi
 
 echo "== 5. rollout fresh episodes (2 context frames) + eval"
 for m in run run-scratch; do
+  [ -e "$OUT/report-$m/metrics.json" ] && continue
   v2w rollout --model "$OUT/$m/final" --data "$OUT/data/boxing-test" --split train --out "$OUT/pred-$m" --limit "$LIMIT" \
     --context-frames 2 --shuffle-actions --steps "$DDIM_STEPS" --batch-size 16 --device "$DEVICE" --quiet
   v2w eval --pred "$OUT/pred-$m" --out "$OUT/report-$m" --metrics psnr,ssim,lpips --baseline copy-last --quiet
 done
 echo "done: $OUT/report-run/metrics.md (world model) and $OUT/report-run-scratch/metrics.md (from scratch)"
+}
+
+main  # (the whole file is read before anything runs, so editing it during a run is safe)
+# to make these the models v2w ships: python -m pipelines.ship "$OUT" pipelines/assets

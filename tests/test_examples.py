@@ -229,3 +229,27 @@ def test_synthetic_cli_rejects_bad_size(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pipelines.data.synthetic", "rt1", str(tmp_path), "--size", "big"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "--size must look like" in res.stderr
+
+
+def test_tiny_world_model_recipe_smoke_and_ship(tmp_path):
+    """The shipped model's recipe end to end at toy sizes; a re-run skips every finished stage; and
+    `python -m pipelines.ship` turns its output into the two shipped folders."""
+    out = tmp_path / "tw"
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    cmd = ["bash", str(ROOT / "examples" / "tiny_world_model.sh"), str(out), "--smoke"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for name in ("run", "run-scratch"):
+        report = json.loads((out / f"report-{name}" / "metrics.json").read_text())
+        assert math.isfinite(report["sets"]["model"]["psnr"]) and report["action_following"] is not None
+    assert json.loads((out / "model-scratch" / "config.json").read_text())["causalize"]["from_scratch"] is True
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("skip:") >= 4, again.stdout
+    from pipelines.models.world_model import load_model
+    from pipelines.ship import ship
+
+    res = ship(out, tmp_path / "assets")
+    assert (tmp_path / "assets" / "tiny-base" / "model.ckpt").is_file()
+    assert "copy-last" in res["summary_md"] and res["settings"]["ARCH"] == "tiny"
+    model = load_model(tmp_path / "assets" / "tiny-world-model")
+    assert model.unet.config.action_dim == 18 and next(model.unet.parameters()).dtype.is_floating_point

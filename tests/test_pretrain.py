@@ -145,3 +145,9 @@ def test_cli_pretrain_errors_and_help(tmp_path):
     assert res.exit_code == 1 and "nope" in res.output
     res = runner.invoke(app, ["causalize", "--ckpt", str(tmp_path), "--out", str(tmp_path / "m")])
     assert res.exit_code == 1 and "no model.ckpt" in res.output
+
+
+def test_info_shows_a_base(base):
+    root, _ = base
+    res = CliRunner().invoke(app, ["info", str(root / "base"), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["kind"] == "v2w-pretrain"

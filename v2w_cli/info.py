@@ -9,7 +9,7 @@ import typer
 
 from v2w_cli.common import console, emit_json, handle_errors
 
-ARTIFACT_FILES = ("manifest.json", "config.json", "metrics.json", "rollout.json")
+ARTIFACT_FILES = ("manifest.json", "config.json", "metrics.json", "rollout.json", "pretrain.json")
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def info(
-    path: Path = typer.Argument(..., help="A DATA / MODEL / RUN / REPORT folder or its JSON file."),
+    path: Path = typer.Argument(..., help="A DATA / BASE / MODEL / RUN / REPORT folder or its JSON file."),
     json_out: bool = typer.Option(False, "--json", help="Print the raw JSON on stdout."),
 ) -> None:
     from pipelines.errors import V2WError

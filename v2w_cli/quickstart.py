@@ -12,8 +12,10 @@ from v2w_cli.common import console, emit_json, handle_errors
 def register(app: typer.Typer) -> None:
     app.command(
         "quickstart",
-        help="Play Breakout, then prepare, causalize, train, rollout and eval on it (CPU, minutes).\n\n"
-        "Example:\n\n  v2w quickstart --out runs/quickstart",
+        help="Roll out the shipped world model on fresh Boxing episodes, eval it against copy-last, and "
+        "fine-tune the shipped base briefly: every stage, on a CPU, in minutes.\n\n"
+        "Examples:\n\n  v2w quickstart --out runs/quickstart\n\n"
+        "  v2w quickstart --out runs/mine --model runs/tiny_world_model/run/final   (your own world model)",
     )(quickstart)
 
 
@@ -21,15 +23,16 @@ def register(app: typer.Typer) -> None:
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Folder for everything it writes."),
     smoke: bool = typer.Option(False, "--smoke", help="A tiny run (seconds) to check the installation."),
-    game: str = typer.Option("breakout", "--game", help="Atari game to play (any ale-py ROM id)."),
-    train_steps: int = typer.Option(None, "--train-steps", help="Training steps [default: 60, smoke 3]."),
+    model: str = typer.Option(None, "--model", "-m", help="World model to roll out [default: the shipped one]."),
+    seed: int = typer.Option(2000, "--seed", help="Seed of the fresh episodes (the shipped model's recipe used 0-8 and 1000-1001)."),
+    train_steps: int = typer.Option(None, "--train-steps", help="Fine-tune steps [default: 30, smoke 2]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     from pipelines.quickstart import QuickstartConfig, run
 
     log = (lambda m: None) if (quiet or json_out) else (lambda m: console.print(f"[bold]{m}[/]", highlight=False))
-    result = run(QuickstartConfig(out=str(out), smoke=smoke, game=game, train_steps=train_steps), log=log)
+    result = run(QuickstartConfig(out=str(out), smoke=smoke, train_steps=train_steps, model=model, seed=seed), log=log)
     if json_out:
         emit_json(result)
     elif not quiet:
