@@ -366,6 +366,20 @@ def markdown_table(report: dict) -> str:
     return text
 
 
+def horizon_table(rows: dict[str, dict], metrics=("psnr", "lpips"), mean: bool = False) -> str:
+    """Markdown: one row per (metric, label) with the metric per predicted frame (and its mean)."""
+    h = len(next(iter(rows.values()))["psnr_per_horizon"])
+    lines = ["| frames ahead | " + " | ".join(str(i + 1) for i in range(h)) + (" | mean |" if mean else " |"),
+             "|---" * (h + 1 + mean) + "|"]
+    for metric in metrics:
+        fmt = "{:.3f}" if metric == "lpips" else "{:.2f}"
+        for label, res in rows.items():
+            if f"{metric}_per_horizon" in res:
+                cells = [fmt.format(v) for v in res[f"{metric}_per_horizon"]] + ([fmt.format(res[metric])] if mean else [])
+                lines.append(f"| {metric.upper()} {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_horizon(report: dict, path: Path) -> None:
     """PSNR / SSIM / LPIPS against the predicted-frame index for every scored set."""
     import matplotlib

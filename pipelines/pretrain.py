@@ -28,7 +28,6 @@ Two stages, both on DATA's train split (actions ignored):
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -158,7 +157,7 @@ def latent_scale(vae, data: str, device, frames: int = 256) -> float:
 
 def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, log: Callable[[str], None] = lambda m: None) -> PretrainResult:
     from diffusers import AutoencoderKL
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     from pipelines.data.prepare import load_manifest
     from pipelines.models.clip import compute_empty_text_context
@@ -167,7 +166,7 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
     from pipelines.models.unet import UNetConfig, VideoUNet
     from pipelines.models.vae import vae_config_from_ldm, vae_to_ldm_state_dict
     from pipelines.models.world_model import WorldModel, load_model
-    from pipelines.train import TrainConfig, list_checkpoints
+    from pipelines.train import TrainConfig, list_checkpoints, loss_curve
     from pipelines.train import run as train
 
     cfg.check()
@@ -202,10 +201,7 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
         log(f"training the VAE ({cfg.vae_steps} steps of {cfg.vae_batch_size} frames)")
         vae_report = train_vae(vae, cfg.data, cfg, device, on_progress)
         vae_report["scale_factor"] = latent_scale(vae, cfg.data, device)
-        buf = {k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}
-        tmp = vae_file.with_suffix(".tmp")
-        save_file(buf, str(tmp))
-        tmp.replace(vae_file)
+        write_bytes_atomic(vae_file, save({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}))
         write_json_atomic(vae_json, vae_report)
         log(f"VAE: val round trip {vae_report['val_round_trip_psnr_db']} dB; latent scale {vae_report['scale_factor']:.4f}")
     scale = float(vae_report["scale_factor"])
@@ -239,7 +235,7 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
         losses = trained.losses
     else:
         losses = []
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    curve = loss_curve(run_dir)
 
     # 4. export in DynamiCrafter's layout
     final = load_model(run_dir / "final")
@@ -263,8 +259,8 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
         "vae": vae_report,
         "unet": {
             "steps": done, "planned_steps": cfg.steps, "params": sum(p.numel() for p in final.unet.parameters()),
-            "first_loss": records[0]["loss"] if records else None, "last_loss": records[-1]["loss"] if records else None,
-            "loss_curve": [[r["step"], round(r["loss"], 5)] for r in records],
+            "first_loss": curve[0][1] if curve else None, "last_loss": curve[-1][1] if curve else None,
+            "loss_curve": curve,
         },
         "checkpoint_mb": round((out / "model.ckpt").stat().st_size / 2**20, 2),
         "seconds": round(time.time() - t0, 1),

@@ -122,18 +122,9 @@ def _gif(out: Path) -> None:
     Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(out / "side_by_side.png")
 
 
-def _horizon_table(report: dict) -> str:
-    sets = report["sets"]
-    h = len(sets["model"]["psnr_per_horizon"])
-    rows = ["| frames ahead | " + " | ".join(str(i + 1) for i in range(h)) + " |", "|---" * (h + 1) + "|"]
-    for metric, fmt in (("psnr", "{:.2f}"), ("lpips", "{:.3f}")):
-        for name, res in sets.items():
-            if f"{metric}_per_horizon" in res:
-                rows.append(f"| {metric.upper()} {name} | " + " | ".join(fmt.format(v) for v in res[f"{metric}_per_horizon"]) + " |")
-    return "\n".join(rows) + "\n"
-
-
 def _write_report(out: Path, model: str, report: dict, losses: list[float], times: dict, manifest: dict) -> None:
+    from pipelines.evaluate import horizon_table
+
     _gif(out)
     md = (out / "report" / "metrics.md").read_text()
     recipe = _recipe_results(model)
@@ -153,7 +144,7 @@ the logged actions; "shuffled-actions" rolls out the same clips with another cli
 {md}
 Per predicted frame:
 
-{_horizon_table(report)}
+{horizon_table(report["sets"])}
 ![per-horizon curves](report/horizon.png)
 
 Side by side (reference | prediction, context frames first, 4 clips): `side_by_side.gif`;

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -30,27 +29,21 @@ def _report(folder: Path) -> dict:
 
 
 def _trained(run: Path) -> dict:
+    from pipelines.train import loss_curve
+
     meta = read_json(run / "final" / "config.json")["trained"]
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {"steps": meta["steps"], "planned_steps": meta.get("planned_steps"),
-            "loss_curve": [[r["step"], round(r["loss"], 5)] for r in rows]}
+    return {"steps": meta["steps"], "planned_steps": meta.get("planned_steps"), "loss_curve": loss_curve(run)}
 
 
 def summary_markdown(res: dict) -> str:
+    from pipelines.evaluate import horizon_table
+
     wm, scratch = res["eval"]["world_model"], res["eval"]["from_scratch"]
-    h = len(wm["model"]["psnr_per_horizon"])
-    lines = ["| frames ahead | " + " | ".join(str(i + 1) for i in range(h)) + " | mean |", "|---" * (h + 2) + "|"]
-    for metric in ("psnr", "lpips"):
-        if f"{metric}_per_horizon" not in wm["model"]:
-            continue
-        for label, sc in (("world model", wm["model"]), ("from scratch", scratch["model"]), ("copy-last", wm["copy-last"]),
-                          ("world model, shuffled actions", wm["shuffled-actions"])):
-            fmt = "{:.3f}" if metric == "lpips" else "{:.2f}"
-            vals = " | ".join(fmt.format(v) for v in sc[f"{metric}_per_horizon"])
-            lines.append(f"| {metric.upper()} {label} | {vals} | {fmt.format(sc[metric])} |")
+    rows = {"world model": wm["model"], "from scratch": scratch["model"], "copy-last": wm["copy-last"],
+            "world model, shuffled actions": wm["shuffled-actions"]}
     gap = wm.get("action_following") or {}
     b, w = res["base"], res["world_model"]
-    text = "\n".join(lines) + "\n\n"
+    text = horizon_table(rows, mean=True) + "\n"
     text += ("Action following (true minus shuffled actions): " + ", ".join(f"{k.upper()} {v:+.1e}" for k, v in gap.items() if k in METRICS)
              + f" over {gap.get('n_clips')} clips.\n\n")
     curves = {name: dict(map(tuple, res[key]["loss_curve"])) for name, key in (("world model", "world_model"), ("from scratch", "from_scratch"))}

@@ -445,6 +445,13 @@ def _metrics_record(step, window, step_frames, lr_sched, grad_norm, samples_per_
     }
 
 
+def loss_curve(run_dir: str | Path) -> list[list]:
+    """[[step, loss], ...] from RUN/metrics.jsonl (one record per --log-every steps)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [[r["step"], round(r["loss"], 5)] for r in (json.loads(x) for x in lines if x.strip())]
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""
     if not path.exists():
