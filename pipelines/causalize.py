@@ -35,6 +35,9 @@ class CausalizeConfig:
     norm: str = "per-frame"
     action_dim: int = 0
     action_type: str = "continuous"
+    action_injection: str = "time"  # time (paper) | scale-shift | tokens: pipelines/models/action.py
+    action_tokens: int = 4  # tokens per frame for action_injection "tokens"
+    action_init_std: float = 0.0  # 0: the action encoder's last layer starts at zero (the paper's)
     check: bool = True  # run the causality probe (always on; kept for the CLI's --check)
     check_only: bool = False  # probe only, write nothing
     unsafe_pickle: bool = False
@@ -89,7 +92,9 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
     # 3. causalize
     log("causalizing the U-Net")
     causal, report = causalize(
-        base.unet, cfg.transfer, cfg.norm, cfg.action_dim, cfg.action_type, cfg.order, return_report=True, share_weights=True
+        base.unet, cfg.transfer, cfg.norm, cfg.action_dim, cfg.action_type, cfg.order, return_report=True,
+        share_weights=True, action_injection=cfg.action_injection, action_tokens=cfg.action_tokens,
+        action_init_std=cfg.action_init_std,
     )
     # 4. probe
     log("probing causality")
@@ -111,6 +116,8 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
         "norm": cfg.norm,
         "action_dim": cfg.action_dim,
         "action_type": cfg.action_type,
+        "action_injection": cfg.action_injection,
+        "action_init_std": cfg.action_init_std,
         "from_scratch": cfg.from_scratch,
         "report": {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()},
         "check": {k: check[k] for k in ("k", "frames", "max_leak", "future_change", "per_layer", "causal")},
@@ -250,6 +257,8 @@ def _resampler_params_from_shapes(sd: dict, unet_params: dict) -> dict:
 
 
 def _run_unet3d(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
+    if cfg.action_injection != "time" or cfg.action_init_std:
+        raise V2WError("--family unet3d supports only --action-injection time (and a zero-initialised encoder)")
     from pipelines.models.action import ActionEncoder
     from pipelines.models.probe import causality_probe
     from pipelines.models.unet3d import UNet3DWorldModel, load_unet3d_base, save_unet3d_model

@@ -41,7 +41,7 @@ from pipelines.diffusion import (
 )
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
-from pipelines.models.action import shift_actions
+from pipelines.models.action import is_action_parameter, shift_actions
 
 TRAIN_SETS = ("all", "temporal", "new")
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -57,6 +57,7 @@ class TrainConfig:
     batch_size: int = 2  # per process, per micro-step
     grad_accum: int = 1
     lr: float = 1e-5
+    new_layers_lr: float | None = None  # lr of the action layers (encoder + injection); None = lr
     weight_decay: float = 0.0
     warmup: int = 0
     lr_schedule: str = "constant"  # constant | cosine
@@ -93,6 +94,8 @@ class TrainConfig:
                 raise V2WError(f"--{name.replace('_', '-')} must be in [0, 1). Got {getattr(self, name)}")
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_every < 1 or self.keep < 1:
             raise V2WError("--steps, --batch-size, --grad-accum, --save-every and --keep must be >= 1")
+        if self.new_layers_lr is not None and not self.new_layers_lr > 0:
+            raise V2WError(f"--new-layers-lr must be > 0. Got {self.new_layers_lr}")
         if not 0 <= self.ema_decay < 1:
             raise V2WError(f"--ema-decay must be in [0, 1). Got {self.ema_decay}")
 
@@ -159,27 +162,43 @@ def diffusion_forcing_loss(
 
 
 def trainable_parameters(model, which: str) -> list[nn.Parameter]:
-    """all: U-Net + Resampler; temporal: temporal layers + time/action embeddings; new: action encoder."""
+    """all: U-Net + Resampler; temporal: temporal layers + time embedding + action layers; new: the
+    action layers only (encoder + injection projections, :func:`is_action_parameter`)."""
     from pipelines.models.attention import TemporalTransformer
     from pipelines.models.unet import TemporalConvBlock
 
     unet = model.unet
+    action = [p for n, p in unet.named_parameters() if is_action_parameter(n)]
     if which == "all":
         params = list(unet.parameters()) + (list(model.image_proj.parameters()) if model.image_proj is not None else [])
     elif which == "temporal":
         mods = [m for m in unet.modules() if isinstance(m, (TemporalConvBlock, TemporalTransformer))]
-        mods += [unet.time_embed] + ([unet.action_encoder] if hasattr(unet, "action_encoder") else [])
-        params = [p for m in mods for p in m.parameters()]
+        params = [p for m in mods + [unet.time_embed] for p in m.parameters()] + action
     else:
-        if not hasattr(unet, "action_encoder"):
+        if not action:
             raise V2WError("--train new needs an action encoder; causalize with --action-dim A")
-        params = list(unet.action_encoder.parameters())
+        params = action
     seen, unique = set(), []
     for p in params:
         if id(p) not in seen:
             seen.add(id(p))
             unique.append(p)
     return unique
+
+
+def _param_groups(unet, params: list[nn.Parameter], cfg: TrainConfig) -> list[dict]:
+    """One AdamW group, or two with --new-layers-lr: the action layers start at zero and Adam
+    moves a weight by about lr per step, so at the base's fine-tuning lr (1e-5) they would need
+    tens of thousands of steps to matter; their own lr lets them catch up without shaking the
+    pretrained weights."""
+    if cfg.new_layers_lr is None:
+        return [{"params": params}]
+    new = {id(p) for n, p in unet.named_parameters() if is_action_parameter(n)}
+    groups = [
+        {"params": [p for p in params if id(p) not in new], "lr": cfg.lr},
+        {"params": [p for p in params if id(p) in new], "lr": cfg.new_layers_lr},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -260,7 +279,7 @@ def run(
     for p in params:
         p.requires_grad_(True)
 
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model.unet, params, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps)
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) if cfg.ema_decay > 0 else None
     wrapped, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
@@ -556,6 +575,7 @@ def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> N
             "weights": "ema" if ema is not None else "raw",
             "action_stats": manifest.get("action_stats"),
             "action_type": manifest.get("action_type"),
+            "action_names": manifest.get("action_names"),
             "fps": manifest.get("fps"),
             "clip_len": manifest.get("clip_len"),
             "resolution": manifest.get("resolution"),

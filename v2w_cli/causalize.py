@@ -21,6 +21,8 @@ Examples:
 
   v2w causalize --ckpt runs/base --out models/boxing --action-dim 18 --action-type discrete   (a v2w pretrain BASE)
 
+  v2w causalize --ckpt tiny --out models/boxing-ss --action-dim 18 --action-type discrete --action-injection scale-shift
+
   v2w causalize --ckpt dynamicrafter --check       (probe only: is the causalized model causal?)
 
   v2w causalize --ckpt runs/rt1/final --check      (probe a MODEL folder; exit 1 if it leaks)
@@ -46,6 +48,9 @@ def causalize(
     norm: str = typer.Option("per-frame", "--norm", help="Temporal GroupNorm: per-frame (exactly causal) | pooled (official)."),
     action_dim: int = typer.Option(0, "--action-dim", help="Action size A (0: no action conditioning)."),
     action_type: str = typer.Option("continuous", "--action-type", help="continuous (MLP) | discrete (embedding)."),
+    action_injection: str = typer.Option("time", "--action-injection", help="How actions enter the U-Net: time (added to the time embedding; the paper's) | scale-shift (AdaGN in every ResBlock) | tokens (per-frame cross-attention tokens)."),
+    action_tokens: int = typer.Option(4, "--action-tokens", help="Tokens per frame for --action-injection tokens."),
+    action_init_std: float = typer.Option(0.0, "--action-init-std", help="Std of the action encoder's last layer at init (0: zero, the paper's; the model starts as the base)."),
     fps: int = typer.Option(None, "--fps", help="fps / frame-stride conditioning to train with (paper: 3)."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the U-Net + Resampler (keep VAE, CLIP): the no-pretraining control."),
     check: bool = typer.Option(False, "--check", help="Print the causality probe table; without --out only probe."),
@@ -58,6 +63,7 @@ def causalize(
     cfg = CausalizeConfig(
         ckpt=ckpt, out=str(out) if out else None, base_config=base_config, family=family, transfer=transfer,
         order=extrapolation_order, norm=norm, action_dim=action_dim, action_type=action_type,
+        action_injection=action_injection, action_tokens=action_tokens, action_init_std=action_init_std,
         check_only=check and out is None, unsafe_pickle=unsafe_pickle, fps=fps, from_scratch=from_scratch,
     )
     log = (lambda msg: None) if (quiet or json_out) else (lambda msg: console.print(f"[dim]{msg}[/]"))

@@ -35,6 +35,7 @@ def train(
     batch_size: int = typer.Option(2, "--batch-size", help="Clips per process per micro-step."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-steps per optimizer step."),
     lr: float = typer.Option(1e-5, "--lr", help="AdamW learning rate."),
+    new_layers_lr: float = typer.Option(None, "--new-layers-lr", help="Learning rate of the action layers (encoder + injection), which start at zero [default: --lr]."),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     warmup: int = typer.Option(0, "--warmup", help="Linear warm-up steps."),
     lr_schedule: str = typer.Option("constant", "--lr-schedule", help="constant | cosine (after warm-up)."),
@@ -69,7 +70,7 @@ def train(
 
     cfg = TrainConfig(
         model=str(model), data=str(data), out=str(out), steps=steps, batch_size=batch_size, grad_accum=grad_accum,
-        lr=lr, weight_decay=weight_decay, warmup=warmup, lr_schedule=lr_schedule, seed=seed, save_every=save_every,
+        lr=lr, new_layers_lr=new_layers_lr, weight_decay=weight_decay, warmup=warmup, lr_schedule=lr_schedule, seed=seed, save_every=save_every,
         keep=keep, resume=resume, action_dropout=action_dropout, cond_dropout=cond_dropout,
         precision=precision, ema_decay=ema_decay, grad_clip=grad_clip, gradient_checkpointing=gradient_checkpointing,
         train=train_set, log_every=log_every, preview_every=preview_every, fs=fs, device=device, time_limit=time_limit,

@@ -1,4 +1,21 @@
-"""Frame-level action conditioning (Vid2World): an embedding added to each frame's time embedding."""
+"""Frame-level action conditioning: the action encoder and the ways its output enters the U-Net.
+
+Injection modes (``UNetConfig.action_injection``, chosen at causalize time):
+
+* ``time``: the embedding is added to each frame's time embedding (Vid2World's pathway). It
+  reaches each ResBlock only as a per-channel bias and never reaches attention.
+* ``scale-shift``: each ResBlock maps the embedding to a per-channel scale and shift applied
+  after its second GroupNorm (AdaGN, as DIAMOND conditions on actions): a multiplicative lever
+  at every resolution. The time embedding is left to the noise level.
+* ``tokens``: the embedding becomes ``action_tokens`` tokens in each frame's spatial
+  cross-attention, attended by their own key/value projections and added to the text and image
+  attentions (GameNGen feeds actions as cross-attention tokens): attention can route the action
+  to where it matters in the frame.
+
+Every mode is zero at initialisation (the encoder's last layer is zero; the new projections
+multiply its output), so a causalized model starts exactly as its base, and all are per frame,
+so causality and the rollout cache are untouched.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +25,13 @@ import torch.nn as nn
 from pipelines.errors import V2WError
 
 ACTION_TYPES = ("continuous", "discrete")
+ACTION_INJECTIONS = ("time", "scale-shift", "tokens")
+
+
+def is_action_parameter(name: str) -> bool:
+    """Parameters (U-Net state-dict keys) of the layers that carry actions: the encoder and each
+    injection mode's projections. No base model has them; ``causalize`` adds them."""
+    return name.startswith("action_encoder.") or any(f".{n}." in name for n in ("action_mod", "to_k_action", "to_v_action"))
 
 
 def shift_actions(actions: torch.Tensor) -> torch.Tensor:
@@ -26,10 +50,13 @@ class ActionEncoder(nn.Module):
 
     Initialisation: the last layer (or the embedding matrix) is zero, so a freshly added encoder
     contributes nothing and the causalized model starts as the base model; gradients still reach
-    the zero layer, so it learns from the first step.
+    the zero layer, so it learns from the first step. ``init_std`` > 0 draws that layer from
+    N(0, init_std^2) instead (a small head start: Adam moves a zero layer by ~lr per step).
     """
 
-    def __init__(self, action_dim: int, embed_dim: int, hidden_dim: int = 320, action_type: str = "continuous"):
+    def __init__(
+        self, action_dim: int, embed_dim: int, hidden_dim: int = 320, action_type: str = "continuous", init_std: float = 0.0
+    ):
         super().__init__()
         if action_type not in ACTION_TYPES:
             raise V2WError(f"action_type must be one of {{{', '.join(ACTION_TYPES)}}}. Got {action_type!r}")
@@ -39,10 +66,11 @@ class ActionEncoder(nn.Module):
                 nn.Linear(action_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, embed_dim), nn.SiLU(),
                 nn.Linear(embed_dim, embed_dim),
             )
-            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.normal_(self.mlp[-1].weight, std=init_std) if init_std else nn.init.zeros_(self.mlp[-1].weight)
             nn.init.zeros_(self.mlp[-1].bias)
         else:
-            self.embedding = nn.Parameter(torch.zeros(action_dim, embed_dim))
+            w = torch.randn(action_dim, embed_dim) * init_std if init_std else torch.zeros(action_dim, embed_dim)
+            self.embedding = nn.Parameter(w)
 
     def forward(self, actions: torch.Tensor) -> torch.Tensor:
         if self.action_type == "continuous":

@@ -53,6 +53,7 @@ class CrossAttention(nn.Module):
         image_cross_attention: bool = False,
         image_cross_attention_scale_learnable: bool = False,
         text_context_len: int = TEXT_TOKENS,
+        action_tokens: int = 0,
     ):
         super().__init__()
         inner = heads * dim_head
@@ -70,6 +71,12 @@ class CrossAttention(nn.Module):
             self.to_v_ip = nn.Linear(context_dim, inner, bias=False)
             if image_cross_attention_scale_learnable:
                 self.alpha = nn.Parameter(torch.tensor(0.0))
+        self.action_tokens = action_tokens
+        if action_tokens:
+            # random init, like to_k_ip: the tokens themselves start at zero (the action encoder's
+            # zero last layer), so this term is exactly zero until the encoder learns
+            self.to_k_action = nn.Linear(context_dim, inner, bias=False)
+            self.to_v_action = nn.Linear(context_dim, inner, bias=False)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         q = self.to_q(x)
@@ -81,8 +88,12 @@ class CrossAttention(nn.Module):
                 k, v, past = cached_keys_values(self, k, v)
             out = _attend(q, k, v, self.heads, causal, past)
         else:
+            if self.action_tokens:
+                context, act = context[:, : -self.action_tokens], context[:, -self.action_tokens :]
             text = context[:, : self.text_context_len]
             out = _attend(q, self.to_k(text), self.to_v(text), self.heads)
+            if self.action_tokens:
+                out = out + _attend(q, self.to_k_action(act), self.to_v_action(act), self.heads)
             if self.image_cross_attention:
                 image = context[:, self.text_context_len :]
                 out_ip = _attend(q, self.to_k_ip(image), self.to_v_ip(image), self.heads)
@@ -145,6 +156,7 @@ class SpatialTransformer(nn.Module):
         use_linear: bool = False,
         image_cross_attention: bool = False,
         image_cross_attention_scale_learnable: bool = False,
+        action_tokens: int = 0,
     ):
         super().__init__()
         inner = n_heads * d_head
@@ -160,6 +172,7 @@ class SpatialTransformer(nn.Module):
                 context_dim,
                 image_cross_attention=image_cross_attention,
                 image_cross_attention_scale_learnable=image_cross_attention_scale_learnable,
+                action_tokens=action_tokens,
             )
             for _ in range(depth)
         )

@@ -7,7 +7,10 @@ GroupNorms, optional ActionEncoder), then fills it key by key from the base:
 * matched:     copied unchanged (everything spatial, attention weights, norms, embeddings)
 * transformed: temporal conv kernels mapped by ``transfer_temporal_kernel`` (shift / masked /
                extrapolative of ``order``)
-* new:         action encoder (last layer zero: the model starts as the base)
+* new:         action encoder (last layer zero: the model starts as the base) and, per
+               ``action_injection``, the ResBlocks' ``action_mod`` (scale-shift) or the
+               cross-attentions' ``to_k_action/to_v_action`` (tokens); every new key has
+               "action" in its name
 * dropped:     none for a DynamiCrafter base (an unexpected key is an error)
 
 Per-frame noise levels need no new weights: the time-embedding MLP is applied per frame.
@@ -20,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from pipelines.errors import V2WError
+from pipelines.models.action import is_action_parameter
 from pipelines.models.causal import NORMS, TRANSFERS, CausalTemporalConv3d, FrameGroupNorm, transfer_temporal_kernel
 from pipelines.models.unet import TemporalTransformer, VideoUNet
 
@@ -33,11 +37,16 @@ def causalize(
     order: int = 1,
     return_report: bool = False,
     share_weights: bool = False,
+    action_injection: str = "time",
+    action_tokens: int = 4,
+    action_init_std: float = 0.0,
 ):
     """A new causal VideoUNet carrying ``unet``'s weights.
 
     ``unet`` is left as it was; with ``share_weights`` the unchanged tensors are shared with it
     instead of copied (half the memory for a 1.4B model whose base is discarded afterwards).
+    ``action_injection``/``action_tokens``: how actions enter (pipelines/models/action.py);
+    ``action_init_std``: the action encoder's last layer ~ N(0, std^2) instead of zero.
     """
     if transfer not in TRANSFERS:
         raise V2WError(f"--transfer must be one of {{{', '.join(TRANSFERS)}}}. Got {transfer!r}")
@@ -45,15 +54,23 @@ def causalize(
         raise V2WError(f"--norm must be one of {{{', '.join(NORMS)}}}. Got {norm!r}")
     if unet.config.causal:
         raise V2WError("the model is causal already; causalize a bidirectional base")
-    cfg = replace(unet.config, causal=True, temporal_norm=norm, action_dim=action_dim, action_type=action_type)
+    cfg = replace(
+        unet.config, causal=True, temporal_norm=norm, action_dim=action_dim, action_type=action_type,
+        action_injection=action_injection, action_tokens=action_tokens,
+    )
     device = next(unet.parameters()).device
     with torch.device("meta"):
         causal = VideoUNet(cfg)
-    new_prefixes = ("action_encoder.",)
     if action_dim:  # new layers get their real initialisation (zero last layer)
         from pipelines.models.action import ActionEncoder
 
-        causal.action_encoder = ActionEncoder(action_dim, cfg.model_channels * 4, cfg.model_channels, action_type).to(device)
+        causal.action_encoder = ActionEncoder(
+            action_dim, causal.action_embed_dim, cfg.model_channels, action_type, init_std=action_init_std
+        ).to(device)
+        g = torch.Generator().manual_seed(0)  # the injection's projections: seeded, like every fresh layer here
+        slots = [(m, a) for m in causal.modules() for a in ("action_mod", "to_k_action", "to_v_action") if hasattr(m, a)]
+        for module, attr in slots:
+            setattr(module, attr, _materialized(getattr(module, attr), g, device))
 
     base_sd = unet.state_dict()
     temporal_conv_keys = {
@@ -61,7 +78,7 @@ def causalize(
     }
     new_sd, report = {}, {"matched": 0, "transformed": [], "new": [], "dropped": []}
     for key, target in causal.state_dict().items():
-        if key.startswith(new_prefixes):
+        if is_action_parameter(key):
             report["new"].append(key)
             continue
         if key not in base_sd:
@@ -87,6 +104,27 @@ def causalize(
         temporal_norms_per_frame=sum(isinstance(m, FrameGroupNorm) and m.per_frame for m in causal.modules()),
     )
     return (causal, report) if return_report else causal
+
+
+def _materialized(module: torch.nn.Module, generator: torch.Generator, device) -> torch.nn.Module:
+    """A meta-device Linear (or SiLU + Linear) rebuilt on ``device`` with PyTorch's default init
+    drawn from ``generator``; biases of the scale-shift projection stay zero (identity at start)."""
+    import math
+
+    import torch.nn as nn
+
+    out = []
+    for layer in module if isinstance(module, nn.Sequential) else [module]:
+        if isinstance(layer, nn.Linear):
+            new = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=device)
+            bound = 1 / math.sqrt(layer.in_features)  # kaiming_uniform(a=sqrt(5)) as nn.Linear does
+            with torch.no_grad():
+                new.weight.copy_((torch.rand(new.weight.shape, generator=generator) * 2 - 1) * bound)
+                if new.bias is not None:
+                    new.bias.zero_()
+            layer = new
+        out.append(layer)
+    return nn.Sequential(*out) if isinstance(module, nn.Sequential) else out[0]
 
 
 def probe_inputs(unet: VideoUNet, frames: int | None = None, size: int | None = None, seed: int = 0) -> dict:

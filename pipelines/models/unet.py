@@ -4,6 +4,8 @@ three things Vid2World adds: causal temporal layers, per-frame noise levels and 
 Shapes: x (B, C, T, H, W); timesteps (B,) or (B, T); context (B, 77 + T*16, D) = empty-text tokens
 then 16 Resampler tokens per frame (or any length, repeated for every frame); fs (B,) frame
 stride / fps; actions (B, T, A) floats or (B, T) integer ids. Output (B, out_channels, T, H, W).
+How actions enter (``action_injection``: time | scale-shift | tokens) is described in
+``pipelines/models/action.py``.
 Inside, features are (B*T, C, H, W) except in the temporal layers, which see (B, C, T, H, W).
 
 The config keeps DynamiCrafter's ``unet_config.params`` names, so its inference YAML builds the
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from pipelines.errors import V2WError
-from pipelines.models.action import ActionEncoder
+from pipelines.models.action import ACTION_INJECTIONS, ActionEncoder
 from pipelines.models.attention import SpatialTransformer, TemporalTransformer
 from pipelines.models.causal import CausalTemporalConv3d, FrameGroupNorm
 
@@ -65,6 +67,8 @@ class UNetConfig:
     action_dim: int = 0  # 0 = no action conditioning
     action_type: str = "continuous"  # "continuous" (MLP) or "discrete" (embedding of ids / multi-hot)
     image_tokens_per_frame: int = 16
+    action_injection: str = "time"  # time (Vid2World) | scale-shift (AdaGN in every ResBlock) | tokens (cross-attention)
+    action_tokens: int = 4  # tokens per frame for action_injection "tokens"
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
@@ -168,6 +172,7 @@ class ResBlock(nn.Module):
         temporal_conv: bool = False,
         tempspatial_aware: bool = False,
         per_frame_norm: bool = False,
+        action_modulation: bool = False,
     ):
         super().__init__()
         out_channels = out_channels or channels
@@ -186,6 +191,11 @@ class ResBlock(nn.Module):
         )
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
+        if action_modulation:
+            # action embedding -> per-channel (scale, shift) after the second GroupNorm; the
+            # embedding starts at zero and the bias is zero, so this starts as the identity
+            self.action_mod = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+            nn.init.zeros_(self.action_mod[-1].bias)
         if out_channels == channels:
             self.skip_connection = nn.Identity()
         else:
@@ -194,7 +204,7 @@ class ResBlock(nn.Module):
             # (sic) the checkpoint spells it "temopral_conv"
             self.temopral_conv = TemporalConvBlock(out_channels, 0.1, tempspatial_aware, per_frame_norm)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, batch_size: int, action_emb: torch.Tensor | None = None) -> torch.Tensor:
         if self.updown:
             h = self.in_layers[:-1](x)
             h, x = self.h_upd(h), self.x_upd(x)
@@ -205,9 +215,12 @@ class ResBlock(nn.Module):
         if self.use_scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
             h = self.out_layers[0](h) * (1 + scale) + shift
-            h = self.out_layers[1:](h)
         else:
-            h = self.out_layers(h + emb_out)
+            h = self.out_layers[0](h + emb_out)
+        if action_emb is not None and hasattr(self, "action_mod"):
+            scale, shift = self.action_mod(action_emb).type(h.dtype)[..., None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        h = self.out_layers[1:](h)
         h = self.skip_connection(x) + h
         if hasattr(self, "temopral_conv"):
             h = rearrange(h, "(b t) c h w -> b c t h w", b=batch_size)
@@ -219,10 +232,13 @@ class TimestepEmbedSequential(nn.Sequential):
     """Runs its children with what each needs: ResBlocks get the embedding, spatial transformers
     the context, temporal transformers the (B, C, T, H, W) view."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None, batch_size: int,
+        action_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb, batch_size)
+                x = layer(x, emb, batch_size, action_emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
             elif isinstance(layer, TemporalTransformer):
@@ -251,6 +267,10 @@ class VideoUNet(nn.Module):
             raise V2WError("use_relative_position=True is not supported (DynamiCrafter's released configs use false)")
         if not c.temporal_selfatt_only:
             raise V2WError("temporal_selfatt_only=False is not supported (DynamiCrafter's released configs use true)")
+        if c.action_injection not in ACTION_INJECTIONS:
+            raise V2WError(f"action_injection must be one of {{{', '.join(ACTION_INJECTIONS)}}}. Got {c.action_injection!r}")
+        if c.action_injection == "tokens" and c.action_dim and (c.action_tokens < 1 or not c.context_dim):
+            raise V2WError("action_injection 'tokens' needs action_tokens >= 1 and a context_dim (cross-attention)")
         if c.temporal_norm not in ("pooled", "per-frame"):
             raise V2WError(f"temporal_norm must be one of {{pooled, per-frame}}. Got {c.temporal_norm!r}")
         if c.num_heads == -1 and c.num_head_channels == -1:
@@ -266,7 +286,9 @@ class VideoUNet(nn.Module):
             nn.init.zeros_(self.fps_embedding[-1].weight)
             nn.init.zeros_(self.fps_embedding[-1].bias)
         if c.action_dim:
-            self.action_encoder = ActionEncoder(c.action_dim, ted, c.model_channels, c.action_type)
+            self.action_encoder = ActionEncoder(c.action_dim, self.action_embed_dim, c.model_channels, c.action_type)
+        modulate = bool(c.action_dim) and c.action_injection == "scale-shift"
+        act_tokens = c.action_tokens if c.action_dim and c.action_injection == "tokens" else 0
 
         def heads_for(ch: int) -> tuple[int, int]:
             if c.num_head_channels == -1:
@@ -277,7 +299,7 @@ class VideoUNet(nn.Module):
             return ResBlock(
                 ch_in, ted, c.dropout, ch_out, c.use_scale_shift_norm,
                 temporal_conv=c.temporal_conv and temporal, tempspatial_aware=c.tempspatial_aware,
-                per_frame_norm=per_frame, **kw,
+                per_frame_norm=per_frame, action_modulation=modulate, **kw,
             )
 
         def attn_layers(ch: int) -> list[nn.Module]:
@@ -287,6 +309,7 @@ class VideoUNet(nn.Module):
                     ch, heads, dim_head, c.transformer_depth, context_dim=c.context_dim, use_linear=c.use_linear,
                     image_cross_attention=c.image_cross_attention,
                     image_cross_attention_scale_learnable=c.image_cross_attention_scale_learnable,
+                    action_tokens=act_tokens,
                 )
             ]
             if c.temporal_attention:
@@ -379,6 +402,15 @@ class VideoUNet(nn.Module):
                         names.append(f"{name}.{slot}.{idx}")
         return names
 
+    @property
+    def action_embed_dim(self) -> int:
+        """Width of the action encoder's output: the time embedding's (time, scale-shift) or
+        ``action_tokens`` tokens of the context width (tokens)."""
+        c = self.config
+        if c.action_injection == "tokens":
+            return c.action_tokens * c.context_dim
+        return c.model_channels * 4
+
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled
 
@@ -428,28 +460,39 @@ class VideoUNet(nn.Module):
                 fs = torch.full((b,), c.default_fs, dtype=torch.long, device=x.device)
             fs_emb = self.fps_embedding(timestep_embedding(fs.reshape(-1), c.model_channels).to(x.dtype))
             emb = emb + fs_emb.repeat_interleave(t, dim=0)
-        if actions is not None:
-            if not c.action_dim:
-                raise V2WError("this model has no action conditioning (action_dim 0) but actions were given")
-            emb = emb + self.action_encoder(actions).reshape(b * t, -1).to(emb.dtype)
+        if actions is not None and not c.action_dim:
+            raise V2WError("this model has no action conditioning (action_dim 0) but actions were given")
+        action_emb = None
+        if c.action_dim and (actions is not None or c.action_injection == "tokens"):
+            if actions is None:  # the tokens are part of the context: no action = the zero action (as dropout trains)
+                actions = torch.zeros(b, t, c.action_dim, device=x.device, dtype=x.dtype)
+            action_emb = self.action_encoder(actions).reshape(b * t, -1).to(emb.dtype)
+        if action_emb is not None and c.action_injection == "time":
+            emb, action_emb = emb + action_emb, None
         context = self.frame_context(context, b, t)
+        if action_emb is not None and c.action_injection == "tokens":
+            if context is None:
+                raise V2WError("the 'tokens' action injection adds tokens to the cross-attention context; give a context")
+            context = torch.cat([context, action_emb.reshape(b * t, c.action_tokens, -1).to(context.dtype)], dim=1)
+            action_emb = None
 
         # 2. U-Net on (B*T, C, H, W)
         h = rearrange(x, "b c t h w -> (b t) c h w")
         hs = []
         for i, block in enumerate(self.input_blocks):
-            h = self._run(block, h, emb, context, b)
+            h = self._run(block, h, emb, context, b, action_emb)
             if i == 0 and c.addition_attention:
-                h = self._run(self.init_attn, h, emb, context, b)
+                h = self._run(self.init_attn, h, emb, context, b, action_emb)
             hs.append(h)
-        h = self._run(self.middle_block, h, emb, context, b)
+        h = self._run(self.middle_block, h, emb, context, b, action_emb)
         for block in self.output_blocks:
-            h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb, context, b)
+            h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb, context, b, action_emb)
         return rearrange(self.out(h), "(b t) c h w -> b c t h w", b=b)
 
-    def _run(self, block, h, emb, context, b):
+    def _run(self, block, h, emb, context, b, action_emb=None):
+        """One block; ``action_emb`` (B*T, D) only in the scale-shift injection mode."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(block, h, emb, context, b, use_reentrant=False)
-        return block(h, emb, context, b)
+            return checkpoint(block, h, emb, context, b, action_emb, use_reentrant=False)
+        return block(h, emb, context, b, action_emb)
