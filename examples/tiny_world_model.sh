@@ -47,6 +47,9 @@ fi
 : "${BASE_STEPS:=6000}" "${BASE_MIN:=2.0}" "${WM_STEPS:=3000}" "${WM_MIN:=1.2}" "${BATCH:=64}"
 : "${LIMIT:=64}" "${DDIM_STEPS:=20}" "${WORKERS:=8}" "${PARTS:=8}" "${PRECISION:=bf16}" "${VAE_LR:=1e-3}"
 : "${CONTROL_PARALLEL:=0}" "${THREADS:=1}"   # CONTROL_PARALLEL=1: world model and control train at once (CPU)
+: "${INJECTION:=time}" "${NEW_LR:=}"        # how actions enter (causalize --action-injection); their own lr (train --new-layers-lr)
+: "${BRANCHES:=3}" "${TRAIN_BRANCHES:=0}"   # counterfactual branches per clip of the test (and train) episodes
+: "${VAE_SHIFT:=0}" "${BASE_INIT:=}"        # pretrain --vae-shift PX; --init BASE (continue from an existing base)
 : "${DEVICE:=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}"
 limit() { [ -n "$1" ] && echo "--time-limit $1" || true; }
 done_or() { local p=$1; shift; if [ -e "$p" ]; then echo "   (skip: $p exists)"; else "$@"; fi; }  # re-runs continue
@@ -60,7 +63,9 @@ json.dump(dict(PRE_GAMES="$PRE_GAMES", PRE_EPISODES=$PRE_EPISODES, PRE_FRAMES=$P
                WM_FRAMES=$WM_FRAMES, TEST_EPISODES=$TEST_EPISODES, ARCH="$ARCH", VAE_STEPS=$VAE_STEPS, VAE_BATCH=$VAE_BATCH,
                VAE_LR=$VAE_LR, VAE_MIN="$VAE_MIN", BASE_STEPS=$BASE_STEPS, BASE_MIN="$BASE_MIN", WM_STEPS=$WM_STEPS,
                WM_MIN="$WM_MIN", BATCH=$BATCH, LIMIT=$LIMIT, DDIM_STEPS=$DDIM_STEPS, DEVICE="$DEVICE",
-               PRECISION="$PRECISION", CONTROL_PARALLEL=$CONTROL_PARALLEL, THREADS=$THREADS), open(sys.argv[1], "w"), indent=1)
+               PRECISION="$PRECISION", CONTROL_PARALLEL=$CONTROL_PARALLEL, THREADS=$THREADS, INJECTION="$INJECTION",
+               NEW_LR="$NEW_LR", BRANCHES=$BRANCHES, TRAIN_BRANCHES=$TRAIN_BRANCHES, VAE_SHIFT=$VAE_SHIFT,
+               BASE_INIT="$BASE_INIT"), open(sys.argv[1], "w"), indent=1)
 PY
 echo "== 1. play (ale-py, random held actions)"
 # play GAME EPISODES FRAMES SEED0 PARTS DIR [flags]: PARTS processes, seeds SEED0.., one folder each
@@ -74,8 +79,9 @@ play() {
 if [ ! -e "$OUT/data/boxing-test/manifest.json" ]; then
   rm -rf "$OUT/raw" "$OUT/data"
   for g in $PRE_GAMES; do play "$g" "$PRE_EPISODES" "$PRE_FRAMES" 0 1 "$OUT/raw/pretrain/$g" --full-action-space; done
-  play boxing "$WM_EPISODES" "$WM_FRAMES" 1 "$PARTS" "$OUT/raw/boxing"
-  play boxing "$TEST_EPISODES" "$TEST_FRAMES" 1000 2 "$OUT/raw/boxing-test"
+  play boxing "$WM_EPISODES" "$WM_FRAMES" 1 "$PARTS" "$OUT/raw/boxing" --branches "$TRAIN_BRANCHES" --clip-len 8
+  # test episodes with counterfactual branches: the same clip replayed under other actions (eval scores them)
+  play boxing "$TEST_EPISODES" "$TEST_FRAMES" 1000 2 "$OUT/raw/boxing-test" --branches "$BRANCHES" --clip-len 8 --branch-context 2
   wait
   COMMON=(--size 64x64 --resize stretch --clip-len 8 --num-actions 18 --store npy --workers "$WORKERS" --quiet)
   v2w prepare "$OUT"/raw/pretrain/*/part* --out "$OUT/data/pretrain" --stride 4 --val-fraction 0.05 "${COMMON[@]}"
@@ -88,18 +94,21 @@ echo "== 2. pretrain the bidirectional base"
 done_or "$OUT/base/model.ckpt" v2w pretrain --data "$OUT/data/pretrain" --out "$OUT/base" --arch "$ARCH" --vae-steps "$VAE_STEPS" \
   --vae-batch-size "$VAE_BATCH" --vae-lr "$VAE_LR" $( [ -n "$VAE_MIN" ] && echo --vae-time-limit "$VAE_MIN" ) --steps "$BASE_STEPS" \
   --batch-size "$BATCH" --lr 3e-4 --warmup 200 --ema-decay 0.999 --precision "$PRECISION" --save-every 1000 \
-  $(limit "$BASE_MIN") --half --device "$DEVICE" --quiet $( [ -d "$OUT/base/work" ] && echo --resume )
+  $(limit "$BASE_MIN") --half --device "$DEVICE" --quiet $( [ -d "$OUT/base/work" ] && echo --resume ) \
+  --vae-shift "$VAE_SHIFT" $( [ -n "$BASE_INIT" ] && echo --init "$BASE_INIT" )
 
 echo "== 3. causalize with 18 discrete actions; and the control: the same base, U-Net re-initialised"
-done_or "$OUT/model" v2w causalize --ckpt "$OUT/base" --out "$OUT/model" --action-dim 18 --action-type discrete --quiet
+done_or "$OUT/model" v2w causalize --ckpt "$OUT/base" --out "$OUT/model" --action-dim 18 --action-type discrete \
+  --action-injection "$INJECTION" --quiet
 done_or "$OUT/model-scratch" v2w causalize --ckpt "$OUT/base" --from-scratch --out "$OUT/model-scratch" --action-dim 18 \
-  --action-type discrete --quiet
+  --action-type discrete --action-injection "$INJECTION" --quiet
 # train MODEL RUN STEPS: Diffusion Forcing on Boxing with its actions
 train() {
   [ -e "$OUT/$2/final" ] && return
   # shellcheck disable=SC2046
   v2w train --model "$OUT/$1" --data "$OUT/data/boxing" --out "$OUT/$2" --steps "$3" --batch-size "$BATCH" \
-    --lr 2e-4 --warmup 100 --lr-schedule cosine --ema-decay 0.999 --action-dropout 0.2 --precision "$PRECISION" \
+    --lr 2e-4 $( [ -n "$NEW_LR" ] && echo --new-layers-lr "$NEW_LR" ) --warmup 100 --lr-schedule cosine --ema-decay 0.999 \
+    --action-dropout 0.2 --precision "$PRECISION" \
     --save-every 500 --log-every 50 $(limit "$WM_MIN") --device "$DEVICE" --quiet \
     $(compgen -G "$OUT/$2/checkpoints/step-*/state.json" >/dev/null && echo --resume)
 }

@@ -12,7 +12,11 @@ when present, ``PRED/shuffled/*.npz``. Scores:
   ``detectors`` says which);
 * the copy-last baseline (``baseline="copy-last"``: the last context frame repeated), so every
   report shows how far above the trivial predictor the model is;
-* action following: with a shuffled set, true-actions minus shuffled-actions PSNR and LPIPS.
+* action following: with a shuffled set, true-actions minus shuffled-actions PSNR and LPIPS;
+* counterfactual actions: with ``PRED/counterfactual/*.npz`` (rollouts of emulator-recorded branches
+  from their parent clip's context under the branch's actions, see ``counterfactual_scores``),
+  how much closer the model gets to the branch's true frames than its own factual prediction
+  does, next to the emulator's own factual-vs-branch gap.
 
 Frechet distances need N well above the feature dimension (2048 / 400); below it FID/FVD are
 refused unless ``force``, which marks them biased. Weights are never downloaded: a metric without
@@ -222,17 +226,26 @@ class Scorer:
         return {"value": frechet_from_features(fa, fb), "n": n, "biased": n < need, "detector": detector}
 
 
+def summarise(per: dict[str, np.ndarray], rows=None) -> dict:
+    """{metric: (N, H) per-frame values} -> mean, per-horizon and per-clip values (of ``rows``
+    only, when given). Identical frames' infinite PSNR is capped at 100 dB first."""
+    result = {}
+    for m, v in per.items():
+        v = v if rows is None else v[rows]
+        finite = np.where(np.isfinite(v), v, 100.0) if m == "psnr" else v  # identical frames: cap at 100 dB
+        result[m] = float(finite.mean())
+        result[f"{m}_per_horizon"] = finite.mean(axis=0).tolist()
+        result[f"{m}_per_clip"] = finite.mean(axis=1).tolist()
+    return result
+
+
 def score_set(scorer: Scorer, clips: dict, pred: np.ndarray | None = None) -> dict:
     """All metrics for one set; ``pred`` overrides the clips' predictions (baselines)."""
     ctx, ref = _stack(clips, "context"), _stack(clips, "ref")
     pred = _stack(clips, "pred") if pred is None else pred
     per = scorer.per_frame(pred, ref)
     result = {"n_clips": len(clips), "horizon": int(pred.shape[1])}
-    for m, v in per.items():
-        finite = np.where(np.isfinite(v), v, 100.0) if m == "psnr" else v  # identical frames: cap at 100 dB
-        result[m] = float(finite.mean())
-        result[f"{m}_per_horizon"] = finite.mean(axis=0).tolist()
-        result[f"{m}_per_clip"] = finite.mean(axis=1).tolist()
+    result.update(summarise(per))
     for m in ("fid", "fvd"):
         if m in scorer.cfg.metrics:
             vids_p = np.concatenate([ctx, pred], axis=1) if m == "fvd" else pred
@@ -242,6 +255,88 @@ def score_set(scorer: Scorer, clips: dict, pred: np.ndarray | None = None) -> di
                 result[m] = r["value"]
                 result[f"{m}_info"] = r
     return result
+
+
+def load_counterfactual(folder: Path) -> dict:
+    """{key: {"context", "pred", "ref", "parent", "label"}} from PRED/counterfactual/."""
+    out = load_set(folder)
+    for k in out:
+        with np.load(folder / f"{k}.npz", allow_pickle=False) as d:
+            if "parent" not in d.files or "ref" not in d.files:
+                raise V2WError("counterfactual file needs `parent` (the parent clip key) and `ref` (the branch's "
+                               "frames); re-run `v2w rollout --data`", path=folder / f"{k}.npz")
+            out[k]["parent"] = str(d["parent"])
+            out[k]["label"] = str(d["label"]) if "label" in d.files else ""
+    return out
+
+
+def _per_frame_with_psnr(scorer: Scorer, pred: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
+    """The scorer's per-frame metrics, with PSNR always among them (it needs no weights)."""
+    from pipelines.metrics.image import psnr_frames
+
+    per = scorer.per_frame(pred, ref)
+    if "psnr" not in per:
+        per = {"psnr": psnr_frames(pred, ref), **per}
+    return per
+
+
+def _difference(a: dict, b: dict) -> dict:
+    """a - b for every metric summary both have (mean, per horizon, per clip)."""
+    out = {}
+    for m in ("psnr", "ssim", "lpips"):
+        if m in a and m in b:
+            out[m] = a[m] - b[m]
+            for part in ("per_horizon", "per_clip"):
+                out[f"{m}_{part}"] = [x - y for x, y in zip(a[f"{m}_{part}"], b[f"{m}_{part}"])]
+    return out
+
+
+def counterfactual_scores(scorer: Scorer, clips: dict, cf: dict) -> dict:
+    """Scores of counterfactual rollouts (branch actions from the parent clip's context), per
+    predicted frame against the branch's true frames (``ref``), for branches whose parent is in
+    ``clips``:
+
+    model                    the counterfactual prediction;
+    copy-last                the last context frame repeated;
+    factual_pred_vs_alt_ref  the parent's FACTUAL prediction: what a model that ignored the change
+                             of actions would score;
+    gain                     model - factual_pred_vs_alt_ref (PSNR/SSIM > 0, LPIPS < 0: the model
+                             follows the alternative actions; ~0: it ignores them);
+    emulator_gap             the parent's true future vs the branch's: how far the action change
+                             moves the picture (lower PSNR = a larger possible effect);
+    by_label                 model and gain per branch label ("hold UP", "random", ...).
+    """
+    keys = sorted(k for k in cf if cf[k]["parent"] in clips)
+    missing = sorted(set(cf) - set(keys))
+    if not keys:
+        return {"n_branches": 0, "missing_parent": missing,
+                "skipped": "no branch's parent clip is in clips/ (roll out the parents with the branches)"}
+    alt_ref, pred = np.stack([cf[k]["ref"] for k in keys]), np.stack([cf[k]["pred"] for k in keys])
+    fact_pred = np.stack([clips[cf[k]["parent"]]["pred"] for k in keys])
+    fact_ref = np.stack([clips[cf[k]["parent"]]["ref"] for k in keys])
+    if fact_pred.shape != pred.shape:
+        raise V2WError(f"counterfactual predictions are {pred.shape[1:]} but their parents' {fact_pred.shape[1:]}; "
+                       "roll both out in one `v2w rollout --data` run")
+    copy_last = np.repeat(np.stack([cf[k]["context"][-1:] for k in keys]), pred.shape[1], axis=1)
+    per = {
+        "model": _per_frame_with_psnr(scorer, pred, alt_ref),
+        "copy-last": _per_frame_with_psnr(scorer, copy_last, alt_ref),
+        "factual_pred_vs_alt_ref": _per_frame_with_psnr(scorer, fact_pred, alt_ref),
+        "emulator_gap": _per_frame_with_psnr(scorer, fact_ref, alt_ref),
+    }
+    out = {"n_branches": len(keys), "n_parents": len({cf[k]["parent"] for k in keys}), "horizon": int(pred.shape[1]),
+           "keys": keys}
+    out.update({name: summarise(p) for name, p in per.items()})
+    out["gain"] = _difference(out["model"], out["factual_pred_vs_alt_ref"])
+    labels = [cf[k]["label"] for k in keys]
+    out["by_label"] = {}
+    for label in sorted(set(labels)):
+        rows = np.array([i for i, lab in enumerate(labels) if lab == label])
+        model = summarise(per["model"], rows)
+        out["by_label"][label] = {"n": len(rows), "model": model,
+                                  "gain": _difference(model, summarise(per["factual_pred_vs_alt_ref"], rows))}
+    out["missing_parent"] = missing
+    return out
 
 
 def run(cfg: EvalConfig, log=lambda m: None) -> dict:
@@ -275,6 +370,11 @@ def run(cfg: EvalConfig, log=lambda m: None) -> dict:
                 for m in ("psnr", "lpips", "ssim") if m in true_sub and m in sets["shuffled-actions"]
             }
             action["n_clips"] = len(common)
+    counterfactual = None
+    if (pred_dir / "counterfactual").exists():
+        cf = load_counterfactual(pred_dir / "counterfactual")
+        if cf:
+            counterfactual = counterfactual_scores(scorer, clips, cf)
     rollout_info = _read_json(pred_dir / "rollout.json")
     report = {
         "kind": "v2w-metrics",
@@ -285,6 +385,7 @@ def run(cfg: EvalConfig, log=lambda m: None) -> dict:
         "settings": {k: v for k, v in asdict(cfg).items() if k != "extra"},
         "sets": sets,
         "action_following": action,
+        "counterfactual": counterfactual,
         "skipped": scorer.skipped,
         "weights_sha256": scorer.weights,
         "detectors": scorer.detectors,
@@ -354,6 +455,8 @@ def markdown_table(report: dict) -> str:
         text += "\nAction following (true minus shuffled actions): " + ", ".join(
             f"{m.upper()} {a[m]:+.3f}" for m in ("psnr", "lpips", "ssim") if m in a
         ) + f" over {a['n_clips']} clips (PSNR/SSIM gap > 0 and LPIPS gap < 0 mean the model follows the actions).\n"
+    if report.get("counterfactual"):
+        text += counterfactual_markdown(report["counterfactual"])
     for m, det in (report.get("detectors") or {}).items():
         text += f"\n{m.upper()} features: {det['name']} (sha256 {det['sha256'][:12]}...).\n"
     if report.get("skipped"):
@@ -363,6 +466,33 @@ def markdown_table(report: dict) -> str:
             info = res.get(f"{m}_info")
             if info and info.get("skipped"):
                 text += f"- {m} ({name}): {info['skipped']}\n"
+    return text
+
+
+def counterfactual_markdown(cf: dict) -> str:
+    """The counterfactual section of metrics.md: curves of every comparison, then per label."""
+    text = "\n## Counterfactual actions (emulator branches)\n\n"
+    if not cf.get("n_branches"):
+        return text + f"Not scored: {cf.get('skipped')}.\n"
+    rows = {
+        "model (branch actions)": cf["model"],
+        "copy-last": cf["copy-last"],
+        "factual pred (ignores the change)": cf["factual_pred_vs_alt_ref"],
+        "gain (model - factual pred)": cf["gain"],
+        "emulator gap (true factual vs branch)": cf["emulator_gap"],
+    }
+    text += (f"{cf['n_branches']} branches of {cf['n_parents']} parent clips, each rolled out from its parent's "
+             "context under the branch's actions and scored against the emulator's branch frames. Gain > 0 dB "
+             "PSNR (< 0 LPIPS): the prediction moved towards what the new actions do; ~0: the model ignores "
+             "them. The emulator gap (PSNR between the two true futures) bounds how much there is to follow.\n\n")
+    text += horizon_table(rows, mean=True)
+    labels = {}
+    for label, r in cf["by_label"].items():
+        labels[f"model, {label} (n={r['n']})"] = r["model"]
+        labels[f"gain, {label}"] = r["gain"]
+    text += "\nPer branch label:\n\n" + horizon_table(labels, mean=True)
+    if cf.get("missing_parent"):
+        text += f"\n{len(cf['missing_parent'])} branch(es) without their parent in clips/ were left out.\n"
     return text
 
 

@@ -5,7 +5,9 @@ Two stages, both on DATA's train split (actions ignored):
   1. the VAE (diffusers ``AutoencoderKL`` from an LDM ddconfig): L1 + L2 reconstruction of single
      frames from a posterior sample, + a small KL term (LDM's recipe minus LPIPS/GAN, which need
      weights we cannot download); then the latent scale is 1/std of the posterior means (LDM's
-     ``scale_by_std``);
+     ``scale_by_std``). ``vae_shift`` translates each training frame by up to that many pixels
+     (wrapping around), so the VAE cannot memorise where things sit on a few games' screens:
+     scrolled and moved views must round-trip too (``shift_round_trip`` measures it per shift);
   2. the U-Net (+ Resampler) as DynamiCrafter trains it: one noise level per clip for all its
      frames (``noise_levels="shared"``), v-prediction on the zero-terminal-SNR schedule, frame-0
      latent concatenated, frame-0 CLIP tokens as context. This is ``v2w train``'s loop, so it gets
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from pipelines import __version__
 from pipelines.errors import V2WError
 from pipelines.fileio import read_json, write_bytes_atomic, write_json_atomic
+from pipelines.statedict import load_strict
 
 
 @dataclass
@@ -66,6 +69,8 @@ class PretrainConfig:
     vae_time_limit: float | None = None  # minutes for the VAE stage (then it stops where it is)
     time_limit: float | None = None  # minutes for the U-Net stage (then it stops and exports what it has)
     half: bool = False  # store model.ckpt in float16 (half the size; loaders upcast to float32)
+    vae_shift: int = 0  # random translation (px, wrap-around) of every VAE training frame; 0 = none
+    init: str | None = None  # a BASE folder (or --ckpt name) to start the VAE and U-Net from instead of random
 
     def check(self) -> None:
         from pipelines.models.tiny import ARCHS
@@ -74,6 +79,8 @@ class PretrainConfig:
             raise V2WError(f"--arch must be one of {{{', '.join(ARCHS)}}}. Got {self.arch!r}")
         if min(self.vae_steps, self.steps, self.batch_size, self.vae_batch_size) < 0 or self.batch_size < 1:
             raise V2WError("--steps, --vae-steps and the batch sizes must be >= 0 (batch sizes >= 1)")
+        if self.vae_shift < 0:
+            raise V2WError(f"--vae-shift must be >= 0 pixels. Got {self.vae_shift}")
 
 
 @dataclass
@@ -98,6 +105,26 @@ def _frames(samples, n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.stack(out[:n])
 
 
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each frame of (N, 3, H, W) rolled by its own (dy, dx) in [-max_shift, max_shift] (wrap-around)."""
+    if max_shift <= 0:
+        return x
+    d = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 2), generator=generator)
+    return torch.stack([torch.roll(f, (int(dy), int(dx)), dims=(1, 2)) for f, (dy, dx) in zip(x, d)])
+
+
+@torch.no_grad()
+def shift_round_trip(vae, x: torch.Tensor, shifts=(0, 1, 2, 4, 8, 16)) -> dict[str, float]:
+    """Round-trip PSNR (dB, posterior mean) of frames (N, 3, H, W) in [-1, 1] translated by s px
+    along both axes (wrap-around): a VAE that memorised positions loses dB as s grows."""
+    out = {}
+    for sh in shifts:
+        xs = torch.roll(x, (sh, sh), dims=(2, 3))
+        rec = torch.cat([vae.decode(vae.encode(xs[i : i + 32]).latent_dist.mode()).sample for i in range(0, len(xs), 32)])
+        out[str(sh)] = round(psnr_pm1(rec, xs), 2)
+    return out
+
+
 def psnr_pm1(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of frames in [-1, 1] (data range 2), over the whole batch."""
     mse = F.mse_loss(a.float().clamp(-1, 1), b.float()).item()
@@ -119,7 +146,7 @@ def train_vae(vae, data: str, cfg: PretrainConfig, device, on_progress=None) -> 
     for step in range(cfg.vae_steps):
         if cfg.vae_time_limit is not None and time.time() - t0 > cfg.vae_time_limit * 60:
             break
-        x = _frames(samples, cfg.vae_batch_size, g).to(device)
+        x = random_shift(_frames(samples, cfg.vae_batch_size, g), cfg.vae_shift, g).to(device)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
         rec = vae.decode(z).sample
@@ -138,7 +165,8 @@ def train_vae(vae, data: str, cfg: PretrainConfig, device, on_progress=None) -> 
         x = _frames(val, 64, torch.Generator().manual_seed(1)).to(device)
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
     return {"steps": len(losses), "planned_steps": cfg.vae_steps, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "val_round_trip_psnr_db": round(psnr_pm1(rec, x), 2), "val_frames": 64}
+            "val_round_trip_psnr_db": round(psnr_pm1(rec, x), 2), "val_frames": 64,
+            "val_round_trip_by_shift_db": shift_round_trip(vae, x), "shift": cfg.vae_shift}
 
 
 def _has_split(data: str, split: str) -> bool:
@@ -153,6 +181,15 @@ def latent_scale(vae, data: str, device, frames: int = 256) -> float:
     with torch.no_grad():
         z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, len(x), 32)])
     return float(1.0 / z.float().std().clamp_min(1e-6))
+
+
+def _init_base(cfg: PretrainConfig, log):
+    """The BASE to continue from (``--init``), read through causalize's checkpoint loader."""
+    from pipelines.causalize import CausalizeConfig, load_dynamicrafter_base
+
+    log(f"starting from {cfg.init}")
+    base, _ = load_dynamicrafter_base(CausalizeConfig(ckpt=cfg.init, out=None))
+    return base
 
 
 def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, log: Callable[[str], None] = lambda m: None) -> PretrainResult:
@@ -191,6 +228,9 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
 
     # 1. VAE
     vae = AutoencoderKL(**vae_config_from_ldm(ddconfig)).to(device)
+    start = _init_base(cfg, log) if cfg.init else None
+    if start is not None:
+        load_strict(vae, start.vae.state_dict(), "VAE", cfg.init, against=f"--arch {cfg.arch}", hint="pass the --arch the BASE was made with")
     vae_file, vae_json = work / "vae.safetensors", work / "vae.json"
     if cfg.resume and vae_file.exists() and vae_json.exists():
         vae.load_state_dict(load_file(str(vae_file), device=str(device) if device.type != "cpu" else "cpu"))
@@ -213,6 +253,9 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
         torch.manual_seed(cfg.seed)
         unet = VideoUNet(UNetConfig.from_dict({**UNetConfig().to_dict(), **unet_params}))  # default init (zero out-conv)
         resampler = Resampler(**{**arch.resampler, "video_length": unet_params["temporal_length"]})
+        if start is not None:  # continue from the BASE: its U-Net and Resampler
+            load_strict(unet, start.unet.state_dict(), "U-Net", cfg.init, against=f"--arch {cfg.arch}", hint="pass the --arch the BASE was made with")
+            load_strict(resampler, start.image_proj.state_dict(), "Resampler", cfg.init, against=f"--arch {cfg.arch}", hint="same --arch")
         with torch.no_grad():
             empty = compute_empty_text_context(parts["text"])
         meta = {"fps": unet_params["default_fs"], "latent_scale": scale, "made_from": {"checkpoint": "v2w pretrain (random init)"}}

@@ -24,6 +24,7 @@ frame. ``mode="full"`` instead denoises all new frames jointly (the bidirectiona
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from dataclasses import asdict, dataclass
 
@@ -88,6 +89,11 @@ def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, rescale: f
 class Roller:
     """Rolls a WorldModel forward; holds the schedule, the cache and the timing."""
 
+    # one seed per batch row (None: one generator for the whole batch, seeded with cfg.seed): a row's
+    # noise then does not depend on the other rows in its batch, so two rollouts of one context under
+    # different actions (counterfactual branches, an action sweep) differ only by their actions
+    row_seeds: list[int] | None = None
+
     def __init__(self, model, cfg: RolloutConfig):
         self.model, self.cfg = model, cfg
         model.eval()  # dropout would make the rollout random (and the cache inexact)
@@ -118,12 +124,27 @@ class Roller:
 
     # ------------------------------------------------------------------ pieces
 
-    def renoise(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def renoise(self, z: torch.Tensor, generator) -> torch.Tensor:
         """History frame (B, 4, 1, h, w) clean latent -> its fixed noised input at t_h."""
         t = self.cfg.history_noise
-        noise = torch.randn(z.shape, generator=generator).to(z)
+        noise = self._randn(z.shape, generator).to(z)
         x0 = z * self.table[t]
         return self.ac[t].sqrt() * x0 + (1 - self.ac[t]).sqrt() * noise
+
+    def _generators(self, batch: int):
+        """One generator for the batch, or one per row (``row_seeds``)."""
+        if self.row_seeds is None:
+            return torch.Generator().manual_seed(self.cfg.seed)
+        if len(self.row_seeds) != batch:
+            raise V2WError(f"{len(self.row_seeds)} row seeds for a batch of {batch}")
+        return [torch.Generator().manual_seed(int(s)) for s in self.row_seeds]
+
+    @staticmethod
+    def _randn(shape, generator) -> torch.Tensor:
+        """Standard normal noise of ``shape`` from one generator, or row by row from a list of them."""
+        if isinstance(generator, list):
+            return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+        return torch.randn(shape, generator=generator)
 
     def _unet(self, x, ts, concat, ctx, actions, start: int, n: int):
         """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w)."""
@@ -155,7 +176,7 @@ class Roller:
             raise V2WError(f"need {n_ctx + horizon} per-frame actions, got {actions.shape[1]}")
         if cfg.mode == "full":
             return self._rollout_full(context_latents, context_pixels, actions, horizon)
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = self._generators(b)
         clean = [context_latents[:, :, i : i + 1] for i in range(n_ctx)]  # clean latents of every frame
         noised = [self.renoise(z, g) for z in clean]
         pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels we know
@@ -185,13 +206,13 @@ class Roller:
                     with activation_cache(self.unet, cache, "append"):
                         self._unet(*self._pair(x_add, ts_add, concat, ctx, a_add, None), cached, hist - cached)
                     cached = hist
-            x = torch.randn(clean[0].shape, generator=g).to(clean[0])
+            x = self._randn(clean[0].shape, g).to(clean[0])
             for i, t in enumerate(self.timesteps):
                 t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
                 v = self._predict_new(x, t, noised[start:n], concat, ctx, acts, cache if cfg.cache else None, hist)
                 a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
                 rescale = self.table[max(t_prev, 0)] / self.table[t]
-                noise = torch.randn(x.shape, generator=g).to(x) if cfg.eta > 0 else None
+                noise = self._randn(x.shape, g).to(x) if cfg.eta > 0 else None
                 x, _ = ddim_step(x, v, a_t, a_prev, cfg.eta, noise, rescale)
             clean.append(x)
             noised.append(self.renoise(x, g))
@@ -252,10 +273,10 @@ class Roller:
         total = n_ctx + horizon
         if total > self.window:
             raise V2WError(f"--mode full needs context + horizon <= window ({n_ctx} + {horizon} > {self.window})")
-        g = torch.Generator().manual_seed(cfg.seed)
+        g = self._generators(b)
         hist = torch.cat([self.renoise(context_latents[:, :, i : i + 1], g) for i in range(n_ctx)], dim=2)
         concat, ctx = context_latents[:, :, :1], self.model.image_context(context_pixels[:, :, 0], total)
-        x = torch.randn((b, 4, horizon, *context_latents.shape[3:]), generator=g).to(context_latents)
+        x = self._randn((b, 4, horizon, *context_latents.shape[3:]), g).to(context_latents)
         acts = actions[:, :total] if actions is not None else None
         t0 = time.perf_counter()
         for i, t in enumerate(self.timesteps):
@@ -272,7 +293,7 @@ class Roller:
             else:
                 v = self._unet(inp, ts, concat, ctx, acts, 0, total)[:, :, n_ctx:]
             a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
-            noise = torch.randn(x.shape, generator=g).to(x) if cfg.eta > 0 else None
+            noise = self._randn(x.shape, g).to(x) if cfg.eta > 0 else None
             x, _ = ddim_step(x, v, a_t, a_prev, cfg.eta, noise, self.table[max(t_prev, 0)] / self.table[t])
         per = (time.perf_counter() - t0) / horizon
         self.timing += [per] * horizon
@@ -304,6 +325,8 @@ class RolloutJob:
     shuffle_actions: bool = False
     batch_size: int = 4
     device: str = "cpu"
+    action_sweep: bool = False  # one rollout of the context per action (run_sweep)
+    sweep_actions: list[int] | None = None  # action sweep: only these ids (discrete) / dimensions (continuous)
 
 
 def normalize_actions(model, actions: torch.Tensor, manifest: dict | None = None) -> torch.Tensor:
@@ -483,9 +506,36 @@ def _save_grid(frames, path, n_ctx: int, cols: int = 8) -> None:
     Image.fromarray(grid).save(path)
 
 
+def derangement(n: int, seed: int) -> np.ndarray:
+    """A random permutation with no fixed point (n >= 2): visit the items in a random order and
+    give each the next one's, a random n-cycle. Always one draw, unlike redrawing permutations
+    until one happens to have no fixed point."""
+    if n < 2:
+        raise V2WError(f"a derangement needs at least 2 items. Got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    perm = np.empty(n, np.int64)
+    perm[order] = np.roll(order, -1)
+    return perm
+
+
+def clip_seed(seed: int, key: str) -> int:
+    """The noise seed of one clip in batch mode: the same for its factual, shuffled-actions and
+    counterfactual rollouts (branches use their parent's key), whatever batch it lands in, so those
+    rollouts differ only by their actions and --batch-size does not change the result."""
+    return (seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63
+
+
 def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
-    """Every clip of a DATA split from its true context and actions -> PRED/clips/<id>.npz
-    (context, pred, ref uint8, actions), PRED/rollout.json; + PRED/shuffled/ with --shuffle-actions."""
+    """Every factual clip of a DATA split from its true context and actions -> PRED/clips/<id>.npz
+    (context, pred, ref uint8, actions), PRED/rollout.json; + PRED/shuffled/ with --shuffle-actions.
+
+    Counterfactual branch clips (meta ``branch_of``, from ``prepare`` on recorded branches) are not
+    rolled out as clips of their own: each branch of a rolled-out parent clip is rolled out from the
+    PARENT's context under the branch's actions -> PRED/counterfactual/<branch>.npz (context, pred,
+    ref = the emulator's branch frames, actions, parent, label), so the only difference from the
+    parent's rollout is the actions."""
+    import json
+
     from pipelines.data.prepare import load_manifest
     from pipelines.data.shards import decode_sample, iter_shard
     from pipelines.fileio import atomic_open, write_json_atomic
@@ -504,49 +554,66 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
     if n_ctx + horizon > manifest["clip_len"]:
         raise V2WError(f"context {n_ctx} + horizon {horizon} > clip length {manifest['clip_len']}", path=job.data)
     _check_size(model, manifest["resolution"], job.data)
-    clips = []
+    has_branches = bool(manifest.get("branches"))
+    clips, branch_raw = [], []  # --limit counts factual clips; branches are decoded only when their parent is in
     for sh in split["shards"]:
         for raw in iter_shard(Path(job.data) / sh["name"]):
-            clips.append(decode_sample(raw, name=sh["name"]))
-            if job.limit and len(clips) >= job.limit:
+            meta = json.loads(raw["meta.json"]) if has_branches and "meta.json" in raw else {}
+            if "branch_of" in meta:
+                branch_raw.append((raw, sh["name"], meta))
+            elif not job.limit or len(clips) < job.limit:
+                clips.append(decode_sample(raw, name=sh["name"]))
+            elif not has_branches:
                 break
-        if job.limit and len(clips) >= job.limit:
+        if job.limit and len(clips) >= job.limit and not has_branches:
             break
-    out = Path(job.out)
-    sets = {"clips": None}
+    if not clips:
+        raise V2WError(f"the {job.split} split has only counterfactual branch clips", path=job.data)
+    parents = {cl["key"]: cl for cl in clips}
+    branches = [decode_sample(raw, name=name) for raw, name, meta in branch_raw if meta["branch_of"] in parents]
+    for b in branches:
+        if n_ctx > b["meta"]["shared_frames"]:
+            raise V2WError(
+                f"--context-frames {n_ctx} > the {b['meta']['shared_frames']} frames branch clips share with their "
+                f"parents ({b['key']}); counterfactual rollouts start from the parent's context: use --context-frames "
+                f"<= {b['meta']['shared_frames']}", path=job.data)
+
+    # each set: (key, context frames, actions (T, A) raw, reference future, extra arrays to save)
+    ctx_ref = lambda fr: (fr[:n_ctx], fr[n_ctx : n_ctx + horizon])  # noqa: E731
+    sets = {"clips": [(cl["key"], *ctx_ref(cl["frames"]), cl["actions"], {}) for cl in clips]}
     if job.shuffle_actions:
         if len(clips) < 2:
             raise V2WError("--shuffle-actions needs at least 2 clips", path=job.data)
-        perm = np.random.default_rng(cfg.seed).permutation(len(clips))
-        while (perm == np.arange(len(clips))).any():  # a derangement: no clip keeps its own actions
-            perm = np.random.default_rng(int(perm.sum()) + len(perm)).permutation(len(clips))
-        sets["shuffled"] = perm
+        perm = derangement(len(clips), cfg.seed)  # no clip keeps its own actions
+        sets["shuffled"] = [(k, ctx, ref, clips[perm[i]]["actions"], {})
+                            for i, (k, ctx, ref, _, _) in enumerate(sets["clips"])]
+    if branches:
+        sets["counterfactual"] = [
+            (b["key"], parents[b["meta"]["branch_of"]]["frames"][:n_ctx], b["frames"][n_ctx : n_ctx + horizon],
+             b["actions"], {"parent": np.array(b["meta"]["branch_of"]), "label": np.array(b["meta"].get("branch", ""))})
+            for b in branches
+        ]
+    out = Path(job.out)
     timings = []
     roller = Roller(model, cfg)
-    for name, perm in sets.items():
+    for name, items in sets.items():
         (out / name).mkdir(parents=True, exist_ok=True)
-        for s in range(0, len(clips), job.batch_size):
-            chunk = clips[s : s + job.batch_size]
-            frames = np.stack([cl["frames"] for cl in chunk])  # (B, T, H, W, 3)
-            src = [clips[perm[s + i]] for i in range(len(chunk))] if perm is not None else chunk
-            acts = torch.from_numpy(np.stack([cl["actions"] for cl in src]).astype(np.float32))  # (B, T, A) raw
-            pixels = torch.from_numpy(frames[:, :n_ctx]).to(job.device).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+        for s in range(0, len(items), job.batch_size):
+            chunk = items[s : s + job.batch_size]
+            ctx_frames = np.stack([it[1] for it in chunk])  # (B, C, H, W, 3)
+            acts = torch.from_numpy(np.stack([it[3] for it in chunk]).astype(np.float32))  # (B, T, A) raw
+            pixels = torch.from_numpy(ctx_frames).to(job.device).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+            roller.row_seeds = [clip_seed(cfg.seed, str(it[4].get("parent", it[0]))) for it in chunk]
             with torch.no_grad():
                 latents = model.encode_frames(pixels)
                 inputs = _action_inputs(model, acts, manifest) if c.action_dim else None
                 pred = roller.rollout(latents, pixels, inputs.to(job.device) if inputs is not None else None, horizon)
                 video = _to_uint8(model.decode_latents(pred))
-            for i, cl in enumerate(chunk):
-                with atomic_open(out / name / f"{cl['key']}.npz") as f:
-                    np.savez(
-                        f,
-                        context=frames[i, :n_ctx],
-                        pred=video[i],
-                        ref=frames[i, n_ctx : n_ctx + horizon],
-                        actions=src[i]["actions"],
-                    )
+            for i, (key, ctx, ref, actions, extra) in enumerate(chunk):
+                with atomic_open(out / name / f"{key}.npz") as f:
+                    np.savez(f, context=ctx, pred=video[i], ref=ref, actions=actions, **extra)
                 if on_clip:
-                    on_clip(name, s + i + 1, len(clips))
+                    on_clip(name, s + i + 1, len(items))
         timings += roller.timing
         roller.timing = []
     info = {
@@ -560,6 +627,8 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
         "context_frames": n_ctx,
         "horizon": horizon,
         "shuffled": job.shuffle_actions,
+        "counterfactual": len(branches),
+        "noise": "per clip: clip_seed(seed, clip key); branches use their parent's",
         "resolution": manifest["resolution"],
         "fps": manifest.get("fps"),
         "settings": settings(cfg),
@@ -568,3 +637,280 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
     }
     write_json_atomic(out / "rollout.json", info)
     return info
+
+
+# ==================================================================== action sweep
+
+SWEEP_HORIZON = 6  # default frames per row
+SWEEP_MIN_TILE = 96  # px: tiles are upscaled (nearest neighbour) to at least this height
+SWEEP_VIDEO_FPS = 4.0  # the sweep video plays slowly: it is for comparing rows, not for watching motion
+PSNR_CAP_DB = 100.0  # PSNR of two identical frames (MSE 0) in the spread
+
+
+def action_names(model) -> tuple[list[str], str]:
+    """The model's action names and where they came from: ``meta["trained"]["action_names"]``
+    ("trained"), else ``meta["action_names"]`` ("model"), else "action 0", "action 1", ... ("unnamed")."""
+    a = model.unet.config.action_dim or 0
+    trained = (model.meta.get("trained") or {}).get("action_names")
+    for source, names in (("trained", trained), ("model", model.meta.get("action_names"))):
+        if names and len(names) == a:
+            return [str(n) for n in names], source
+    return [f"action {i}" for i in range(a)], "unnamed"
+
+
+def sweep_rows(model, horizon: int, ids: list[int] | None = None) -> tuple[list[str], np.ndarray, dict]:
+    """The rows of an action sweep -> (labels, raw actions (R, H, A) float32, description).
+
+    Discrete models: one row per action id, one-hot, held for all H frames. Continuous models: two
+    rows per dimension d, the mean action with d at mean - std and at mean + std, in raw units from
+    the training stats (``meta["trained"]["action_stats"]``); without stats the actions are taken
+    as normalised already and the rows are 0 with d at -1 / +1. ``ids``: only these ids / dimensions."""
+    c = model.unet.config
+    a = c.action_dim or 0
+    if not a:
+        raise V2WError("the model takes no actions (causalized without --action-dim): there is nothing to sweep")
+    names, source = action_names(model)
+    ids = list(range(a)) if ids is None else [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < a]
+    if bad or not ids:
+        what = "action ids" if c.action_type == "discrete" else "action dimensions"
+        raise V2WError(f"--sweep-actions must be {what} in [0, {a}); got {bad or 'none'}")
+    if c.action_type == "discrete":
+        labels, rows, units = [names[i] for i in ids], np.eye(a, dtype=np.float32)[ids], "one-hot"
+    else:
+        stats = (model.meta.get("trained") or {}).get("action_stats") or {}
+        if stats.get("mean") is not None and stats.get("std") is not None:
+            mean, std, units = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32), "raw"
+            if mean.shape != (a,) or std.shape != (a,):
+                raise V2WError(f"the model's action_stats are {mean.shape} but its actions {a}-d")
+        else:
+            mean, std, units = np.zeros(a, np.float32), np.ones(a, np.float32), "normalised"
+        labels, rows = [], []
+        for i in ids:
+            for sign in (-1, 1):
+                row = mean.copy()
+                row[i] += sign * std[i]
+                rows.append(row)
+                labels.append(f"{names[i]} {sign:+d}σ")
+        rows = np.stack(rows)
+    actions = np.repeat(rows[:, None], horizon, axis=1).astype(np.float32)
+    return labels, actions, {"action_type": c.action_type, "units": units, "ids": ids, "names": source}
+
+
+def _explicit_rows(model, rows, horizon: int) -> tuple[list[str], np.ndarray, dict]:
+    """run_sweep(rows=[(label, action), ...]): each action (A,) held for H frames, or (H, A); raw units."""
+    a = model.unet.config.action_dim or 0
+    labels, acts = [], []
+    for label, act in rows:
+        act = np.asarray(act, np.float32)
+        act = np.repeat(act[None], horizon, axis=0) if act.ndim == 1 else act[:horizon]
+        if act.shape != (horizon, a) or not np.isfinite(act).all():
+            raise V2WError(f"sweep row {label!r}: actions must be finite, ({a},) or ({horizon}, {a}); got {act.shape}")
+        labels.append(str(label))
+        acts.append(act)
+    if not acts:
+        raise V2WError("no sweep rows")
+    about = {"action_type": model.unet.config.action_type, "units": "raw", "ids": None, "names": "given"}
+    return labels, np.stack(acts), about
+
+
+def sweep_spread(preds: np.ndarray) -> dict | None:
+    """preds (R, H, h, w, 3) uint8 -> the pixel PSNR between every pair of rows at every horizon:
+    the mean over pairs per horizon, its mean over horizons, and per row the mean against the others.
+    Lower = the actions change the prediction more; identical frames count as PSNR_CAP_DB."""
+    r, h = preds.shape[:2]
+    if r < 2:
+        return None
+    x = preds.reshape(r, h, -1).astype(np.float64)
+    psnr = np.zeros((h, r, r))
+    for i in range(r):
+        mse = ((x[i : i + 1] - x) ** 2).mean(axis=2).T  # (H, R)
+        with np.errstate(divide="ignore"):
+            psnr[:, i] = np.minimum(10 * np.log10(255.0**2 / np.maximum(mse, 1e-300)), PSNR_CAP_DB)
+    iu = np.triu_indices(r, 1)
+    per_h = psnr[:, iu[0], iu[1]].mean(axis=1)
+    off = ~np.eye(r, dtype=bool)
+    per_row = psnr[:, off].reshape(h, r, r - 1).mean(axis=(0, 2))  # each row against every other row
+    return {
+        "psnr_db": float(per_h.mean()),
+        "per_horizon_psnr_db": [float(v) for v in per_h],
+        "per_row_psnr_db": [float(v) for v in per_row],
+        "pairs": len(iu[0]),
+        "what": f"pixel PSNR between the rows' predictions (mean over row pairs); lower = the actions change the "
+        f"prediction more; identical frames count as {PSNR_CAP_DB:g} dB",
+    }
+
+
+def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> dict:
+    """One context rolled out once per action -> OUT/{sweep.png, sweep.mp4, sweep.npz, rollout.json}.
+
+    The rows (``sweep_rows``; ``job.sweep_actions`` picks ids / dimensions; or ``rows`` =
+    [(label, raw action (A,) or (H, A)), ...]) share the context, the seed and the noise
+    (``Roller.row_seeds``), so they differ only by their actions; they run batched,
+    ``job.batch_size`` rows per forward (the chunking changes the result only by float rounding). Context
+    actions are unknown: zeros, as in run_interactive. ``on_frame(k, seconds, total)`` counts
+    predicted frames over all chunks."""
+    from pipelines.fileio import atomic_open, write_json_atomic
+    from pipelines.models.world_model import load_model
+
+    if job.actions:
+        raise V2WError("--action-sweep makes its own actions: drop --actions (or drop --action-sweep)")
+    if not job.context:
+        raise V2WError("--action-sweep needs --context: the image, video or .npy of frames to start every row from")
+    model = load_model(job.model, job.device)
+    n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
+    horizon = job.horizon or SWEEP_HORIZON
+    if horizon < 1:
+        raise V2WError(f"--horizon must be >= 1. Got {horizon}")
+    if rows is None:
+        labels, acts, about = sweep_rows(model, horizon, job.sweep_actions)
+    else:
+        labels, acts, about = _explicit_rows(model, rows, horizon)
+    resize = (model.meta.get("trained") or {}).get("resize", "crop")
+    frames = read_frames(job.context, job.size or _model_size(model), resize)
+    if frames.shape[0] < n_ctx:
+        raise V2WError(f"{frames.shape[0]} context frame(s) but --context-frames {n_ctx}", path=job.context)
+    frames = frames[:n_ctx]
+    _check_size(model, frames.shape[1:3], job.context)
+    t_start = time.perf_counter()
+    pixels = _to_pixels(frames, job.device)
+    n_rows, bs = len(labels), max(1, job.batch_size)
+    chunks = -(-n_rows // bs)
+    roller = Roller(model, cfg)
+    preds = []
+    with torch.no_grad():
+        latents = model.encode_frames(pixels)
+        inputs = _per_frame_inputs(model, torch.from_numpy(acts), n_ctx).to(job.device)
+        for ci, s in enumerate(range(0, n_rows, bs)):
+            n = min(bs, n_rows - s)
+            roller.row_seeds = [cfg.seed] * n  # the same noise in every row: rows differ only by their actions
+
+            def progress(k, seconds, total, ci=ci):
+                on_frame(ci * total + k, seconds, chunks * total)
+
+            pred = roller.rollout(
+                latents.expand(n, -1, -1, -1, -1).contiguous(),
+                pixels.expand(n, -1, -1, -1, -1).contiguous(),
+                inputs[s : s + n],
+                horizon,
+                on_frame=progress if on_frame else None,
+            )
+            preds.append(_to_uint8(model.decode_latents(pred)))
+    pred_u8 = np.concatenate(preds)  # (R, H, h, w, 3)
+    all_frames = np.concatenate([np.repeat(frames[None], n_rows, axis=0), pred_u8], axis=1)  # (R, C+H, h, w, 3)
+    seconds = time.perf_counter() - t_start
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "sweep.npz") as f:  # the frames first: the slow part is done
+        np.savez(f, frames=all_frames, actions=acts, labels=np.asarray(labels, dtype=str))
+    grid = _sweep_canvas(all_frames, labels, n_ctx, list(range(all_frames.shape[1])))
+    _save_png(grid, out / "sweep.png")
+    video = np.stack([_sweep_canvas(all_frames, labels, n_ctx, [k]) for k in range(all_frames.shape[1])])
+    with atomic_open(out / "sweep.mp4") as f:
+        f.write(encode_mp4_even(video, SWEEP_VIDEO_FPS))
+    rollout_seconds = float(sum(roller.timing))
+    info = {
+        "kind": "v2w-rollout",
+        "format_version": 1,
+        "mode": "action-sweep",
+        "model": job.model,
+        "context": job.context,
+        "context_frames": n_ctx,
+        "horizon": horizon,
+        "rows": n_rows,
+        "labels": labels,
+        "action_names": about["names"],  # trained | model | unnamed | given
+        "action_type": about["action_type"],
+        "action_units": about["units"],  # one-hot | raw (mean +- std from the training stats) | normalised
+        "sweep_actions": about["ids"],
+        "same_noise_every_row": True,
+        "settings": settings(roller.cfg),
+        "window": roller.window,
+        "resolution": list(frames.shape[1:3]),
+        "spread": sweep_spread(pred_u8),
+        "timings": {
+            "seconds": seconds,
+            "rollout_seconds": rollout_seconds,
+            "batch_size": bs,
+            "chunks": chunks,
+            "seconds_per_batched_frame": roller.timing,
+        },
+        "mean_seconds_per_frame": rollout_seconds / (n_rows * horizon),  # per row and predicted frame
+        "files": {"grid": "sweep.png", "video": "sweep.mp4", "frames": "sweep.npz"},
+        "video_fps": SWEEP_VIDEO_FPS,
+    }
+    write_json_atomic(out / "rollout.json", info)
+    return info
+
+
+def encode_mp4_even(frames: np.ndarray, fps: float) -> bytes:
+    """encode_mp4 after padding (T, H, W, 3) frames with white to even H and W."""
+    from pipelines.data.video import encode_mp4
+
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+    return encode_mp4(frames, fps)
+
+
+def _save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    from pipelines.fileio import atomic_open
+
+    with atomic_open(path) as f:
+        Image.fromarray(image).save(f, format="PNG")
+
+
+def _label_font():
+    """PIL's built-in font (no downloads) and whether it has a σ glyph (else labels say "sd")."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default()
+    try:  # a missing glyph renders as the same box as an unassigned code point
+        has_sigma = font.getmask("σ").tobytes() != font.getmask("\ue000").tobytes()
+    except Exception:  # noqa: BLE001 - a bitmap font without unicode support
+        has_sigma = False
+    return font, has_sigma
+
+
+def _sweep_canvas(frames: np.ndarray, labels: list[str], n_ctx: int, cols: list[int]) -> np.ndarray:
+    """frames (R, T, h, w, 3) -> an image with a header row ("ctx", "+1", ...), a label margin and
+    the columns ``cols`` of every row; tiles upscaled (nearest) to >= SWEEP_MIN_TILE px tall,
+    context tiles with a blue border."""
+    from PIL import Image, ImageDraw
+
+    r, _, h, w, _ = frames.shape
+    scale = max(1, -(-SWEEP_MIN_TILE // h))
+    th, tw, gap, pad = h * scale, w * scale, 2, 6
+    font, has_sigma = _label_font()
+    shown = [lab if has_sigma else lab.replace("σ", "sd") for lab in labels]
+    shown = [lab if len(lab) <= 28 else lab[:25] + "..." for lab in shown]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = int(max(probe.textlength(lab, font=font) for lab in shown)) + 2 * pad
+    text_h = probe.textbbox((0, 0), "Ag+1", font=font)[3]
+    header = text_h + 2 * pad
+    width = margin + len(cols) * (tw + gap) + gap
+    height = header + r * (th + gap) + gap
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    bw = max(1, scale)  # border width
+    for i in range(r):
+        y = header + gap + i * (th + gap)
+        for j, c in enumerate(cols):
+            tile = frames[i, c].repeat(scale, axis=0).repeat(scale, axis=1)
+            if c < n_ctx:
+                tile = tile.copy()
+                for edge in (np.s_[:bw], np.s_[-bw:], np.s_[:, :bw], np.s_[:, -bw:]):
+                    tile[edge] = (40, 90, 220)
+            x = margin + gap + j * (tw + gap)
+            canvas[y : y + th, x : x + tw] = tile
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    for j, c in enumerate(cols):
+        name = ("ctx" if n_ctx == 1 else f"ctx {c + 1}") if c < n_ctx else f"+{c - n_ctx + 1}"
+        x = margin + gap + j * (tw + gap) + (tw - draw.textlength(name, font=font)) / 2
+        draw.text((x, pad), name, fill=(40, 90, 220) if c < n_ctx else (0, 0, 0), font=font)
+    for i, lab in enumerate(shown):
+        y = header + gap + i * (th + gap) + (th - text_h) / 2
+        draw.text((pad, y), lab, fill=(0, 0, 0), font=font)
+    return np.asarray(img)

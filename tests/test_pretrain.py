@@ -151,3 +151,38 @@ def test_info_shows_a_base(base):
     root, _ = base
     res = CliRunner().invoke(app, ["info", str(root / "base"), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["kind"] == "v2w-pretrain"
+
+
+def test_random_shift_and_round_trip_by_shift():
+    from pipelines.pretrain import random_shift, shift_round_trip
+
+    x = torch.rand(6, 3, 8, 8) * 2 - 1
+    g = torch.Generator().manual_seed(0)
+    y = random_shift(x, 2, g)
+    for a, b in zip(x, y):  # every frame is one of its own wrap-around translations by at most 2 px
+        assert any(torch.equal(torch.roll(a, (dy, dx), dims=(1, 2)), b) for dy in range(-2, 3) for dx in range(-2, 3))
+    assert torch.equal(random_shift(x, 0, g), x)
+
+    class Identity(torch.nn.Module):  # a perfect VAE: every shift round-trips at the cap
+        def encode(self, x):
+            return type("E", (), {"latent_dist": type("D", (), {"mode": lambda self: x})()})()
+
+        def decode(self, z):
+            return type("S", (), {"sample": z})()
+
+    scores = shift_round_trip(Identity(), x, shifts=(0, 3))
+    assert list(scores) == ["0", "3"] and scores["0"] == scores["3"] > 100
+
+
+def test_vae_shift_and_init_from_a_base(base, tmp_path):
+    root, _ = base
+    res = run(PretrainConfig(data=str(root / "data"), out=str(tmp_path / "b2"), arch="tiny", vae_steps=1, vae_batch_size=4,
+                             steps=1, batch_size=2, device="cpu", vae_shift=4, init=str(root / "base")))
+    vae = res.report["vae"]
+    assert vae["shift"] == 4 and set(vae["val_round_trip_by_shift_db"]) == {"0", "1", "2", "4", "8", "16"}
+    assert res.report["config"]["init"] == str(root / "base")
+    with pytest.raises(V2WError, match="vae-shift"):
+        PretrainConfig(data="d", out="o", vae_shift=-1).check()
+    with pytest.raises(V2WError, match="pass the --arch the BASE was made with"):  # another architecture does not fit
+        run(PretrainConfig(data=str(root / "data"), out=str(tmp_path / "b3"), arch="small", vae_steps=1, vae_batch_size=4,
+                           steps=1, batch_size=2, device="cpu", init=str(root / "base")))

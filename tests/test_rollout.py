@@ -58,6 +58,11 @@ def test_ddim_step_matches_diffusers_for_v_prediction():
             noise = torch.randn_like(x)
             ref = s.step(v, t, x, eta=eta, variance_noise=noise).prev_sample
             ours, _ = ddim_step(x, v, s.alphas_cumprod[t], ap, eta, noise)
+            if s.alphas_cumprod[t] == 0 and not torch.isfinite(ref).all():
+                # diffusers 0.42.1 returns NaN where alpha_cumprod is 0 (t = 999 under zero terminal SNR);
+                # the closed form there: x0 = -v, eps = x_t, sigma = eta sqrt(1 - a_prev)
+                sigma = eta * (1 - ap).sqrt()
+                ref = ap.sqrt() * -v + (1 - ap - sigma**2).clamp(min=0).sqrt() * x + sigma * noise
             torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
 

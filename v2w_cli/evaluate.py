@@ -20,7 +20,7 @@ Examples:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("eval", help="Score rollouts: FVD, FID, LPIPS, SSIM, PSNR, per-horizon curves, action following.\n" + EXAMPLE)(
+    app.command("eval", help="Score rollouts: FVD, FID, LPIPS, SSIM, PSNR, per-horizon curves, action following, counterfactual actions.\n" + EXAMPLE)(
         evaluate
     )
 
@@ -76,5 +76,14 @@ def print_table(report: dict) -> None:
     if report.get("action_following"):
         a = report["action_following"]
         console.print("action following (true - shuffled): " + ", ".join(f"{m} {a[m]:+.3f}" for m in ("psnr", "lpips", "ssim") if m in a))
+    cf = report.get("counterfactual")
+    if cf and cf.get("n_branches"):
+        console.print(
+            f"counterfactual actions ({cf['n_branches']} branches): PSNR model {cf['model']['psnr']:.2f}, "
+            f"factual pred {cf['factual_pred_vs_alt_ref']['psnr']:.2f}, gain {cf['gain']['psnr']:+.2f} dB "
+            f"(emulator gap {cf['emulator_gap']['psnr']:.2f} dB; > 0 gain = follows the new actions)"
+        )
+    elif cf:
+        console.print(f"[yellow]counterfactual not scored:[/] {cf.get('skipped')}")
     for m, why in (report.get("skipped") or {}).items():
         console.print(f"[yellow]{m} skipped:[/] {why}")

@@ -47,6 +47,10 @@ def info(
     for key, value in data.items():
         table.add_row(key, _short(key, value))
     console.print(table)
+    if data.get("kind") == "v2w-rollout" and data.get("mode") == "action-sweep":  # v2w rollout --action-sweep
+        shown = [f"{k}: {file.parent / f}" for k, f in (data.get("files") or {}).items() if (file.parent / f).exists()]
+        if shown:
+            console.print("action sweep: " + ", ".join(shown))
 
 
 def _short(key: str, value) -> str:
@@ -56,6 +60,8 @@ def _short(key: str, value) -> str:
             f"{s}: {v.get('episodes')} episodes, {v.get('samples')} clips, {len(v.get('shards', []))} shards"
             for s, v in value.items()
         )
+    if key == "labels" and isinstance(value, list):  # rollout --action-sweep rows: all of them
+        return ", ".join(map(str, value))
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, dict):

@@ -47,6 +47,8 @@ def pretrain(
     vae_time_limit: float = typer.Option(None, "--vae-time-limit", help="Minutes for the VAE stage; then it moves on."),
     time_limit: float = typer.Option(None, "--time-limit", help="Minutes for the U-Net stage; then it stops and exports."),
     half: bool = typer.Option(False, "--half", help="Store model.ckpt in float16 (half the size; loaders upcast)."),
+    vae_shift: int = typer.Option(0, "--vae-shift", help="Translate each VAE training frame by up to N px (wrap-around) so moved/scrolled views round-trip."),
+    init: str = typer.Option(None, "--init", help="Start the VAE and U-Net from this BASE folder (or tiny) instead of random: continue pretraining on new data."),
     device: str = typer.Option(None, "--device", help="cpu to force the CPU (default: GPU when there is one)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print pretrain.json on stdout."),
@@ -58,6 +60,7 @@ def pretrain(
         data=str(data), out=str(out), arch=arch, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_lr=vae_lr,
         steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, precision=precision, seed=seed,
         save_every=save_every, resume=resume, device=device, half=half, time_limit=time_limit, vae_time_limit=vae_time_limit,
+        vae_shift=vae_shift, init=init,
     )
     quiet = quiet or json_out
     with progress_bar(quiet, unit="steps") as bar:

@@ -16,6 +16,8 @@ Examples:
   v2w rollout --model runs/csgo/final --context clip.mp4 --context-frames 4 --actions acts.npy --out out/csgo --guidance 2.5
 
   v2w rollout --model runs/rt1/final --data data/rt1 --split val --out preds/rt1 --limit 64 --shuffle-actions
+
+  v2w rollout --model runs/atari/final --context start.png --action-sweep --horizon 6 --out out/sweep
 """
 
 
@@ -37,9 +39,21 @@ def rollout(
     data: Path = typer.Option(None, "--data", help="Batch mode: DATA folder."),
     split: str = typer.Option("val", "--split", help="Batch mode: split to roll out."),
     limit: int = typer.Option(None, "--limit", help="Batch mode: at most N clips."),
-    horizon: int = typer.Option(None, "--horizon", help="Frames to predict [default: all actions / rest of the clip]."),
+    horizon: int = typer.Option(
+        None, "--horizon", help="Frames to predict [default: all actions / rest of the clip / 6 with --action-sweep]."
+    ),
     shuffle_actions: bool = typer.Option(False, "--shuffle-actions", help="Batch mode: also roll out with actions permuted across clips."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Batch mode: clips per forward."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", help="Clips (batch mode) or sweep rows (--action-sweep) per forward."
+    ),
+    action_sweep: bool = typer.Option(
+        False, "--action-sweep",
+        help="Roll --context out once per action (discrete: each id held; continuous: each dimension at mean -/+ std) "
+        "-> OUT/sweep.png, sweep.mp4, sweep.npz [--horizon default 6].",
+    ),
+    sweep_actions: str = typer.Option(
+        None, "--sweep-actions", help="With --action-sweep: only these ids / dimensions, e.g. 0,3,4."
+    ),
     steps: int = typer.Option(50, "--steps", help="DDIM steps per frame."),
     eta: float = typer.Option(1.0, "--eta"),
     guidance: float = typer.Option(2.5, "--guidance", help="Causal action guidance scale (1 = off)."),
@@ -56,7 +70,7 @@ def rollout(
 ) -> None:
     from pipelines.data.video import parse_size
     from pipelines.errors import V2WError
-    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch, run_interactive
+    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch, run_interactive, run_sweep
 
     cfg = RolloutConfig(
         steps=steps, eta=eta, guidance=guidance, guidance_rescale=guidance_rescale, history_noise=history_noise,
@@ -66,8 +80,13 @@ def rollout(
         model=str(model), out=str(out), context=context, actions=actions, reference=reference,
         context_frames=context_frames, size=parse_size(size), data=str(data) if data else None, split=split, limit=limit, horizon=horizon,
         shuffle_actions=shuffle_actions, batch_size=batch_size, device=device,
+        action_sweep=action_sweep, sweep_actions=_parse_ids(sweep_actions),
     )
     quiet = quiet or json_out
+    if action_sweep:
+        _check_sweep_flags(context, actions, data, reference)
+    elif sweep_actions is not None:
+        raise V2WError("--sweep-actions needs --action-sweep")
     if data is None and context is None:
         raise V2WError("give --context and --actions (interactive) or --data (batch mode)")
     with progress_bar(quiet, unit="frames" if data is None else "clips") as bar:
@@ -76,7 +95,8 @@ def rollout(
             def on_frame(k: int, seconds: float, total: int) -> None:
                 bar.update(task, total=total, completed=k + 1, rate=f"{seconds:.2f} s/frame")
 
-            info = run_interactive(job, cfg, on_frame=on_frame)
+            run = run_sweep if action_sweep else run_interactive
+            info = run(job, cfg, on_frame=on_frame)
         else:
             def on_clip(name: str, done: int, total: int) -> None:
                 bar.update(task, total=total, completed=done, description=f"rollout ({name})", rate="")
@@ -87,3 +107,36 @@ def rollout(
     elif not quiet:
         spf = info.get("mean_seconds_per_frame")
         console.print(f"wrote {out} ({spf:.2f} s/frame)" if spf else f"wrote {out}")
+        if info.get("mode") == "action-sweep":
+            spread = info.get("spread")
+            note = ""
+            if spread:
+                note = f"; spread {spread['psnr_db']:.2f} dB PSNR between rows (lower: actions matter more)"
+            console.print(f"{info['rows']} rows: {out / 'sweep.png'}{note}")
+
+
+def _parse_ids(text: str | None) -> list[int] | None:
+    from pipelines.errors import V2WError
+
+    if text is None:
+        return None
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        ids = []
+    if not ids:
+        raise V2WError(f"--sweep-actions must look like 0,3,4 (action ids or dimensions). Got {text!r}")
+    return ids
+
+
+def _check_sweep_flags(context, actions, data, reference) -> None:
+    from pipelines.errors import V2WError
+
+    if actions is not None:
+        raise V2WError("--action-sweep and --actions are mutually exclusive: the sweep makes one row per action itself")
+    if data is not None:
+        raise V2WError("--action-sweep rolls out one --context, not a --data folder")
+    if reference is not None:
+        raise V2WError("--reference is for interactive rollouts, not --action-sweep")
+    if context is None:
+        raise V2WError("--action-sweep needs --context: the image, video or .npy of frames every row starts from")

@@ -25,12 +25,21 @@ ACTION_KINDS = ("delta", "absolute", "discrete")
 
 @dataclass(frozen=True)
 class EpisodeRef:
-    """Where one episode lives. ``key`` selects it inside a multi-episode file (LeRobot)."""
+    """Where one episode lives. ``key`` selects it inside a multi-episode file (LeRobot).
+
+    ``branch`` marks a counterfactual branch of another episode (``videos`` folders with a
+    ``branches.json``, written by ``pipelines.data.sample --branches``): ``parent`` (that
+    episode's id, in the same id space as ``episode_id``), ``start`` (the parent frame the branch
+    clip starts at), ``shared_frames`` (C: frames equal to the parent's), ``clip_len``, ``label``,
+    ``fps`` (of the recording) and ``file`` (the branches.json, named in errors). prepare keeps a
+    branch in its parent's split and links its clip to the parent's clip at ``start``.
+    """
 
     format: str  # reader name, e.g. "videos"
     path: str  # file or folder holding the episode (named in errors and in meta.json)
     episode_id: str  # unique within one source; prepare sanitises and prefixes it
     key: str | int | None = None  # extra address inside `path`, reader-specific
+    branch: dict | None = field(default=None, compare=False)  # counterfactual branch info, see above
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Steps, per run:
   1. detect each source's format and list its episodes (cheap, nothing decoded);
-  2. split *by episode* into train/val with ``seed`` (an episode never lands in both);
+  2. split *by episode* into train/val with ``seed`` (an episode never lands in both; recorded
+     counterfactual branches, see ``pipelines.data.sample``, follow their parent episode);
   3. per episode, in ``workers`` processes: decode, validate actions, resample fps, resize +
      center crop, cut clips of ``clip_len`` frames every ``stride`` frames, encode;
   4. write shards in a fixed order into ``OUT.partial/``, recording after each finished shard
@@ -170,6 +171,10 @@ def _process_episode_unsafe(ref: EpisodeRef, cfg: PrepareConfig, skip_clips: int
     if cfg.fps is not None and (fps is None or abs(fps - cfg.fps) > 1e-6 * cfg.fps):
         if fps is None:
             raise V2WError("the source has no frame rate, so --fps cannot resample it; pass --src-fps", path=ref.path)
+        if ref.branch is not None:  # check_branches catches this from branches.json; the container disagreed
+            raise V2WError(f"--fps {cfg.fps} would resample this {fps} fps branch clip and shift it against its "
+                           "parent; drop --fps, or move branches.json and the branch videos away",
+                           path=ref.branch["file"])
         if kind is None:
             raise V2WError(
                 "resampling fps must know how to aggregate actions; pass --action-kind delta (summed) "
@@ -212,6 +217,8 @@ def _process_episode_unsafe(ref: EpisodeRef, cfg: PrepareConfig, skip_clips: int
             "fps": fps,
             "real_action_rows": int(valid[s : s + t].sum()),
         }
+        if ref.branch is not None and s == 0:  # a branch episode is exactly one clip
+            meta |= _branch_meta(ref.branch)
         files = {"actions.npy": npy_bytes(clip_actions), "meta.json": json.dumps(meta).encode()}
         psnr = None
         if cfg.store == "mp4":
@@ -226,6 +233,17 @@ def _process_episode_unsafe(ref: EpisodeRef, cfg: PrepareConfig, skip_clips: int
     return EpisodeResult(
         ref, clips, fps, tuple(frames.shape[1:3]), actions.shape[1], kind, ep.action_names, int(frames.shape[0])
     )
+
+
+def _branch_meta(branch: dict) -> dict:
+    """meta.json fields of a branch clip: the key of its parent's clip covering the same frames
+    (the first ``shared_frames`` identical, the rest played under other actions) and its label."""
+    return {
+        "branch_of": clip_key(branch["parent"], branch["start"]),
+        "branch": branch["label"],
+        "shared_frames": branch["shared_frames"],
+        "branch_start": branch["start"],
+    }
 
 
 # ---------------------------------------------------------------- listing and splitting
@@ -243,26 +261,72 @@ def list_sources(cfg: PrepareConfig) -> tuple[list[EpisodeRef], list[dict]]:
         found = reader(fmt).list_episodes(path, cfg.source_options())
         if not found:
             raise V2WError(f"no episodes found (format {fmt})", path=src)
+        renamed = {}  # the reader's id -> the dataset's, for branch parents
         for ref in found:
             eid = f"src{i}/{ref.episode_id}" if multi else ref.episode_id
             key = clip_key(eid, 0)
             if key in seen:  # ids that sanitise to the same key
                 eid = f"{eid}~{len(seen)}"
             seen[clip_key(eid, 0)] = True
-            refs.append(EpisodeRef(ref.format, ref.path, eid, ref.key))
-        summary.append({"path": str(src), "format": fmt, "episodes": len(found)})
+            renamed[ref.episode_id] = eid
+            refs.append(EpisodeRef(ref.format, ref.path, eid, ref.key, ref.branch))
+        for j in range(len(refs) - len(found), len(refs)):
+            b = refs[j].branch
+            if b is not None:
+                if b["parent"] not in renamed:
+                    raise V2WError(f"branch {Path(refs[j].path).name} names parent {b['parent']!r}, which is not "
+                                   "among the episodes; re-record the branches or remove the file", path=b["file"])
+                r = refs[j]
+                refs[j] = EpisodeRef(r.format, r.path, r.episode_id, r.key, {**b, "parent": renamed[b["parent"]]})
+        n_branch = sum(r.branch is not None for r in found)
+        summary.append({"path": str(src), "format": fmt, "episodes": len(found) - n_branch}
+                       | ({"branch_episodes": n_branch} if n_branch else {}))
+    check_branches(cfg, refs)
     return refs, summary
 
 
+def check_branches(cfg: PrepareConfig, refs: list[EpisodeRef]) -> None:
+    """A branch clip is only a counterfactual of its parent's clip when the prepared clip covers
+    the recorded one exactly: same clip length, no frame-rate resampling."""
+    for r in refs:
+        b = r.branch
+        if b is None:
+            continue
+        if b["clip_len"] != cfg.clip_len:
+            raise V2WError(
+                f"branches were recorded as clips of {b['clip_len']} frames but --clip-len is {cfg.clip_len}; "
+                f"prepare with --clip-len {b['clip_len']}, or move branches.json and the branch videos away",
+                path=b["file"],
+            )
+        src_fps = cfg.src_fps or b.get("fps")
+        if cfg.fps is not None and (src_fps is None or abs(src_fps - cfg.fps) > 1e-6 * cfg.fps):
+            raise V2WError(
+                f"--fps {cfg.fps} would resample the {src_fps} fps branch clips and shift their frames against "
+                "the parents'; drop --fps, or move branches.json and the branch videos away",
+                path=b["file"],
+            )
+
+
 def split_episodes(refs: list[EpisodeRef], val_fraction: float, seed: int) -> dict[str, list[EpisodeRef]]:
-    """Deterministic episode-level split; train is shuffled (so shards mix episodes), val sorted."""
-    refs = sorted(refs, key=lambda r: r.episode_id)
+    """Deterministic episode-level split; train is shuffled (so shards mix episodes), val sorted.
+
+    Counterfactual branches are not episodes of their own: only the others are split (so adding
+    branches changes nothing else), and each branch follows its parent into the parent's split,
+    right after it, so a branch and its parent never straddle train and val."""
+    children: dict[str, list[EpisodeRef]] = {}
+    for r in sorted((r for r in refs if r.branch is not None), key=lambda r: r.episode_id):
+        children.setdefault(r.branch["parent"], []).append(r)
+    refs = sorted((r for r in refs if r.branch is None), key=lambda r: r.episode_id)
     perm = np.random.default_rng(seed).permutation(len(refs))
     n_val = 0
     if val_fraction > 0 and len(refs) >= 2:
         n_val = min(len(refs) - 1, max(1, round(len(refs) * val_fraction)))
     val = sorted((refs[i] for i in perm[:n_val]), key=lambda r: r.episode_id)
-    return {"train": [refs[i] for i in perm[n_val:]], "val": val}
+
+    def with_branches(rs):
+        return [x for r in rs for x in (r, *children.get(r.episode_id, []))]
+
+    return {"train": with_branches(refs[i] for i in perm[n_val:]), "val": with_branches(val)}
 
 
 def fingerprint(cfg: PrepareConfig, refs: list[EpisodeRef]) -> str:
@@ -271,7 +335,7 @@ def fingerprint(cfg: PrepareConfig, refs: list[EpisodeRef]) -> str:
     files = []
     for r in refs:
         st = os.stat(r.path)
-        files.append([r.path, r.episode_id, str(r.key), st.st_size, st.st_mtime_ns])
+        files.append([r.path, r.episode_id, str(r.key), st.st_size, st.st_mtime_ns] + ([r.branch] if r.branch else []))
     blob = json.dumps({"v": FORMAT_VERSION, "opts": opts, "files": files}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -291,6 +355,7 @@ class _State:
         self.too_short: list[str] = d.get("too_short", [])
         self.ref_info: dict | None = d.get("ref_info")  # first episode's fps/hw/dim/kind/names
         self.splits = d.get("splits") or {s: {"shards": [], "samples": 0, "episodes": 0, "pos": [0, 0]} for s in SPLITS}
+        self.branches: dict = d.get("branches") or {"count": {s: 0 for s in SPLITS}, "shared_frames": []}
 
     def to_dict(self) -> dict:
         return {
@@ -302,6 +367,7 @@ class _State:
             "too_short": list(self.too_short),
             "ref_info": self.ref_info,
             "splits": json.loads(json.dumps(self.splits)),
+            "branches": json.loads(json.dumps(self.branches)),
         }
 
 
@@ -470,7 +536,7 @@ def _write_split(split, refs, cfg, state, partial, fp, shard_log, executor, prog
             elif not res.clips and first_clip == 0:
                 state.too_short.append(res.ref.path)
             else:
-                if first_clip == 0:
+                if first_clip == 0 and res.ref.branch is None:  # branches are counted as clips, not episodes
                     sp["episodes"] += 1
                 for j, clip in enumerate(res.clips):
                     if writer is None:
@@ -482,6 +548,10 @@ def _write_split(split, refs, cfg, state, partial, fp, shard_log, executor, prog
                     writer.write(clip.key, files)
                     in_shard += 1
                     sp["samples"] += 1
+                    if "branch_of" in meta:
+                        state.branches["count"][split] += 1
+                        if meta["shared_frames"] not in state.branches["shared_frames"]:
+                            state.branches["shared_frames"].append(meta["shared_frames"])
                     if split == "train":
                         state.stats.update(clip.actions[clip.valid])
                     if clip.psnr is not None:
@@ -515,6 +585,9 @@ def _manifest(cfg: PrepareConfig, state: _State, splits: dict, source_summary: l
         warnings.append("some action dimensions are constant over the train split (std 0)")
     if state.skipped:
         warnings.append(f"{len(state.skipped)} episode(s) skipped as unreadable (see 'skipped')")
+    if _branches_entry(state) and (cfg.stride or cfg.clip_len) != cfg.clip_len:
+        warnings.append(f"--stride {cfg.stride} != --clip-len {cfg.clip_len}: branches starting off the stride have "
+                        "no parent clip (their branch_of names a clip that was not cut)")
     return {
         "kind": MANIFEST_KIND,
         "format_version": FORMAT_VERSION,
@@ -544,11 +617,22 @@ def _manifest(cfg: PrepareConfig, state: _State, splits: dict, source_summary: l
             }
             for s in SPLITS
         },
-        "val_episodes": [r.episode_id for r in splits["val"]],
+        "val_episodes": [r.episode_id for r in splits["val"] if r.branch is None],
+        "branches": _branches_entry(state),
         "skipped": state.skipped,
         "too_short": state.too_short,
         "warnings": warnings,
     }
+
+
+def _branches_entry(state: _State) -> dict | None:
+    """Counterfactual branch clips per split and the frames they share with their parents
+    (one number when all agree), or None when the data has none."""
+    b = state.branches
+    if not sum(b["count"].values()):
+        return None
+    shared = sorted(b["shared_frames"])
+    return {"count": dict(b["count"]), "shared_frames": shared[0] if len(shared) == 1 else shared}
 
 
 def _options_for_manifest(cfg: PrepareConfig) -> dict:

@@ -14,7 +14,9 @@ One sample (tar members sharing the key ``<clip-id>``, which never contains a do
     <clip-id>.frames.mp4   uint8 RGB video, T x H x W x 3, H.264 yuv444p (or .frames.npy)
     <clip-id>.actions.npy  float32 (T, A); row t = action taken after frame t (one-hot for ids)
     <clip-id>.meta.json    {"source", "format", "episode_id", "start_frame", "source_frames",
-                            "fps", "num_frames", "real_action_rows", "split"}
+                            "fps", "num_frames", "real_action_rows", "split"}; a counterfactual
+                            branch clip also has "branch_of" (its parent clip's key), "branch"
+                            (label), "shared_frames" and "branch_start"
     <clip-id>.latents.npy  optional, float16 (T, 4, H/f, W/f), f the VAE factor scaled VAE latents (``v2w encode``)
 
 Tar members are written with a fixed mtime and owner, so the same input gives byte-identical

@@ -12,6 +12,12 @@ Row t of the actions is the action taken after frame t. The frame rate comes fro
 (``--src-fps`` overrides). ``.npy`` files are loaded with ``allow_pickle=False``. An optional
 ``actions.json`` beside the videos, ``{"actions": ["NOOP", "FIRE", ...]}``, names the action
 dimensions (or the ids, for one-hot actions).
+
+An optional ``branches.json`` beside the videos (``python -m pipelines.data.sample --branches K``)
+marks some videos as counterfactual branches of others: ``{"fps": ..., "branches": {stem:
+{"parent": stem, "start": s, "shared_frames": C, "clip_len": T, "label": "hold UP"}}}``. Their
+refs carry that in ``EpisodeRef.branch`` (the parent as an episode id), so prepare can keep each
+branch with its parent.
 """
 
 from __future__ import annotations
@@ -41,10 +47,41 @@ def detect(path: Path) -> bool:
 def list_episodes(path: Path, options: SourceOptions) -> list[EpisodeRef]:
     refs = []
     root = path if path.is_dir() else path.parent
+    tables: dict[Path, dict] = {}
     for video in _videos(path):
         rel = video.relative_to(root).with_suffix("")
-        refs.append(EpisodeRef(NAME, str(video), "/".join(rel.parts)))
+        if video.parent not in tables:
+            tables[video.parent] = read_branches(video.parent)
+        branch = tables[video.parent].get(video.stem)
+        if branch is not None:  # the parent lives in the same folder: same id prefix
+            branch = {**branch, "parent": "/".join((*rel.parts[:-1], branch["parent"]))}
+        refs.append(EpisodeRef(NAME, str(video), "/".join(rel.parts), branch=branch))
     return refs
+
+
+BRANCH_FIELDS = {"parent": str, "start": int, "shared_frames": int, "clip_len": int, "label": str}
+
+
+def read_branches(folder: Path) -> dict[str, dict]:
+    """``folder/branches.json`` -> {video stem: branch info + the recording's fps and the file},
+    {} when there is none. Malformed entries are one-line errors naming the file."""
+    path = folder / "branches.json"
+    if not path.exists():
+        return {}
+    d = read_json(path)
+    table = d.get("branches") if isinstance(d, dict) else None
+    if not isinstance(table, dict):
+        raise V2WError('needs {"branches": {stem: {"parent", "start", "shared_frames", "clip_len", "label"}}}',
+                       path=path)
+    out = {}
+    for stem, b in table.items():
+        bad = [k for k, t in BRANCH_FIELDS.items() if not isinstance(b, dict) or not isinstance(b.get(k), t)]
+        if bad:
+            raise V2WError(f"branch {stem!r} lacks or mistypes {', '.join(bad)}", path=path)
+        if not 1 <= b["shared_frames"] < b["clip_len"] or b["start"] < 0:
+            raise V2WError(f"branch {stem!r} needs 0 <= start and 1 <= shared_frames < clip_len", path=path)
+        out[stem] = {k: b[k] for k in BRANCH_FIELDS} | {"fps": d.get("fps"), "file": str(path)}
+    return out
 
 
 def load_npy(path: Path) -> np.ndarray:
