@@ -83,6 +83,35 @@ def ship(run: str | Path, dest: str | Path) -> dict:
     return res
 
 
+def ship_world_model(run: str | Path, report: str | Path, dest: str | Path, commands: list[str], note: str = "") -> dict:
+    """Ship only a world model (a ``v2w train`` RUN on the shipped base) with its eval REPORT:
+    DEST/tiny-world-model/ (float16 MODEL) + recipe.json (the commands that made it, its numbers)."""
+    from pipelines.evaluate import horizon_table
+    from pipelines.models.world_model import load_model
+
+    run, report, dest = Path(run), Path(report), Path(dest)
+    r = _report(report)
+    res = {"made_by": "the commands below (the base is the shipped tiny-base)", "commands": commands,
+           "world_model": _trained(run), "eval": {"world_model": r}, "note": note}
+    rows = {"world model": r["model"], "copy-last": r["copy-last"], "world model, shuffled actions": r["shuffled-actions"]}
+    cf = read_json(report / "metrics.json").get("counterfactual")
+    text = horizon_table(rows, mean=True) + "\n"
+    gap = r.get("action_following") or {}
+    text += ("Action following (true minus shuffled actions): "
+             + ", ".join(f"{k.upper()} {v:+.3f}" for k, v in gap.items() if k in METRICS) + f" over {gap.get('n_clips')} clips.\n")
+    if cf:
+        res["eval"]["counterfactual"] = {k: cf[k] for k in ("model", "copy-last", "factual_pred_vs_alt_ref", "gain", "emulator_gap")
+                                         if k in cf}
+        text += (f"Counterfactual gain over {cf['n_branches']} emulator branches: PSNR {cf['gain']['psnr']:+.3f} dB"
+                 + (f", LPIPS {cf['gain']['lpips']:+.4f}" if "lpips" in cf["gain"] else "") + ".\n")
+    text += f"\n{note}\n" if note else ""
+    res["summary_md"] = text
+    wm = dest / "tiny-world-model"
+    load_model(run / "final").save_pretrained(wm, half=True)
+    write_json_atomic(wm / "recipe.json", res)
+    return res
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit("usage: python -m pipelines.ship RUN DEST   (RUN: examples/tiny_world_model.sh's output folder)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import subprocess
 import sys
 
@@ -70,3 +72,8 @@ def test_quickstart_smoke(tmp_path):
     report = (tmp_path / "qs" / "report.md").read_text()
     assert "| copy-last |" in report and (tmp_path / "qs" / "side_by_side.gif").exists()
     assert (tmp_path / "qs" / "report" / "horizon.png").exists()
+    # counterfactual branches were recorded, rolled out and scored; the action sweep is in the report
+    assert summary["counterfactual_gain"]["psnr"] is not None
+    assert "Counterfactual actions" in report and "## Action sweep" in report
+    sweep = np.load(tmp_path / "qs" / "sweep" / "sweep.npz")
+    assert sweep["frames"].shape[:2] == (5, 8) and (tmp_path / "qs" / "sweep" / "sweep.png").exists()

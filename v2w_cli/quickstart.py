@@ -38,4 +38,9 @@ def quickstart(
     elif not quiet:
         for name, m in result["metrics"].items():
             console.print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if v is not None))
+        gap, cf = result.get("action_gap") or {}, result.get("counterfactual_gain") or {}
+        if gap.get("psnr") is not None:
+            console.print(f"action following: true - shuffled actions PSNR {gap['psnr']:+.3f} dB")
+        if cf.get("psnr") is not None:
+            console.print(f"counterfactual gain (emulator branches): PSNR {cf['psnr']:+.3f} dB")
         console.print(f"\nDone. Report: [bold]{result['report']}[/] (with {out / 'side_by_side.gif'}, {out / 'report/horizon.png'})")
