@@ -118,10 +118,20 @@ def test_bad_injection_is_a_clear_error(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_model_from_before_injection_modes_loads_as_time():
-    from pipelines.models.checkpoint import shipped_world_model
+def test_model_from_before_injection_modes_loads_as_time(models, tmp_path):
+    """A MODEL written before this change has no action_injection / action_tokens keys."""
+    import json
+    import shutil
 
-    model = load_model(shipped_world_model())
+    old = tmp_path / "old"
+    shutil.copytree(models / "time-discrete", old)
+    cfg = json.loads((old / "config.json").read_text())
+    for k in ("action_injection", "action_tokens"):
+        cfg["unet"].pop(k)
+    cfg["causalize"].pop("action_injection")
+    cfg["causalize"].pop("action_init_std")
+    (old / "config.json").write_text(json.dumps(cfg))
+    model = load_model(old)
     assert model.unet.config.action_injection == "time"
     assert [n for n, _ in model.unet.named_parameters() if is_action_parameter(n)] == ["action_encoder.embedding"]
 

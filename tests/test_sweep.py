@@ -64,7 +64,8 @@ def test_discrete_sweep_of_the_shipped_model(env, tmp_path):
     info = json.loads(res.stdout)
     assert info["mode"] == "action-sweep" and info["kind"] == "v2w-rollout" and info["format_version"] == 1
     assert info["rows"] == 18 and info["timings"]["chunks"] == 3 and info["action_type"] == "discrete"
-    assert info["labels"] == [f"action {i}" for i in range(18)] and info["action_names"] == "unnamed"
+    boxing = ["NOOP", "FIRE", "UP", "RIGHT", "LEFT", "DOWN"]  # the shipped model records its data's action names
+    assert info["labels"][:6] == boxing and len(info["labels"]) == 18 and info["action_names"] == "trained"
     d = np.load(out / "sweep.npz")
     assert d["frames"].shape == (18, 4, 64, 64, 3) and d["frames"].dtype == np.uint8
     assert np.array_equal(d["frames"][:, :2], np.broadcast_to(np.load(env / "ctx64.npy"), (18, 2, 64, 64, 3)))
@@ -90,7 +91,7 @@ def test_identical_actions_give_identical_rows_in_and_across_chunks(env, tmp_pat
                      horizon=2, batch_size=3, action_sweep=True, sweep_actions=[3, 3, 5, 3])
     info = run_sweep(job, RolloutConfig(steps=2))
     f = np.load(tmp_path / "o" / "sweep.npz")["frames"].astype(int)
-    assert info["labels"] == ["action 3", "action 3", "action 5", "action 3"] and info["timings"]["chunks"] == 2
+    assert info["labels"] == ["RIGHT", "RIGHT", "DOWN", "RIGHT"] and info["timings"]["chunks"] == 2
     assert np.array_equal(f[0], f[1])  # same chunk, same noise, same actions
     assert np.abs(f[0] - f[3]).max() <= 1  # other chunk (batch 1): same noise too; at most float rounding
     assert info["spread"]["per_row_psnr_db"][0] > info["spread"]["per_row_psnr_db"][2]  # row 2 is the odd one out
@@ -122,6 +123,8 @@ def test_row_seeds_make_a_rows_noise_independent_of_its_batch(env):
 def test_action_names(env):
     model = load_model(SHIPPED)
     names = [f"a{i}" for i in range(18)]
+    model.meta["trained"].pop("action_names")  # as in a MODEL trained before names were recorded
+    assert sweep_rows(model, 2, [0, 17])[0] == ["action 0", "action 17"]
     model.meta["action_names"] = [f"m{i}" for i in range(18)]
     assert sweep_rows(model, 2, [0, 17])[0] == ["m0", "m17"]
     model.meta.setdefault("trained", {})["action_names"] = names
