@@ -51,7 +51,7 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
     from pipelines.evaluate import EvalConfig
     from pipelines.evaluate import run as evaluate
     from pipelines.models.checkpoint import shipped_world_model
-    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch, run_sweep
+    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch
     from pipelines.train import TrainConfig
     from pipelines.train import run as train
 
@@ -87,7 +87,7 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
     sweep_ids = ",".join(map(str, SWEEP_ACTIONS))
     stage(f"v2w rollout --model {model} --context {ctx} --context-frames 2 --action-sweep --sweep-actions {sweep_ids} "
           f"--horizon 6 --steps {ddim} --out {out / 'sweep'}",
-          lambda: _sweep(out, ctx, model, ddim, run_sweep, RolloutJob, RolloutConfig), key="sweep")
+          lambda: _sweep(out, ctx, model, ddim), key="sweep")
     report = stage(f"v2w eval --pred {out / 'pred'} --out {out / 'report'} --metrics psnr,ssim,lpips --baseline copy-last",
                    lambda: evaluate(EvalConfig(pred=str(out / "pred"), out=str(out / "report"), metrics=("psnr", "ssim", "lpips"))))
     stage(f"v2w causalize --ckpt tiny --out {out / 'model'} --action-dim {NUM_ACTIONS} --action-type discrete",
@@ -103,8 +103,10 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
             "counterfactual_gain": {m: (report.get("counterfactual") or {}).get("gain", {}).get(m) for m in ("psnr", "lpips")}}
 
 
-def _sweep(out: Path, ctx: Path, model: str, ddim: int, run_sweep, RolloutJob, RolloutConfig) -> dict:
+def _sweep(out: Path, ctx: Path, model: str, ddim: int) -> dict:
     """The action sweep from the first rolled-out clip's context frames."""
+    from pipelines.rollout import RolloutConfig, RolloutJob, run_sweep
+
     first = sorted((out / "pred" / "clips").glob("*.npz"))[0]
     with open(ctx, "wb") as f:
         np.save(f, np.load(first)["context"], allow_pickle=False)
