@@ -33,6 +33,7 @@ import torch
 
 from pipelines.diffusion import dynamic_rescale_table, make_scheduler
 from pipelines.errors import V2WError
+from pipelines.metrics.image import PSNR_CAP_DB, psnr_from_mse
 from pipelines.models.action import shift_actions
 from pipelines.models.cache import ActivationCache, activation_cache
 
@@ -644,7 +645,6 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
 SWEEP_HORIZON = 6  # default frames per row
 SWEEP_MIN_TILE = 96  # px: tiles are upscaled (nearest neighbour) to at least this height
 SWEEP_VIDEO_FPS = 4.0  # the sweep video plays slowly: it is for comparing rows, not for watching motion
-PSNR_CAP_DB = 100.0  # PSNR of two identical frames (MSE 0) in the spread
 
 
 def action_names(model) -> tuple[list[str], str]:
@@ -725,8 +725,7 @@ def sweep_spread(preds: np.ndarray) -> dict | None:
     psnr = np.zeros((h, r, r))
     for i in range(r):
         mse = ((x[i : i + 1] - x) ** 2).mean(axis=2).T  # (H, R)
-        with np.errstate(divide="ignore"):
-            psnr[:, i] = np.minimum(10 * np.log10(255.0**2 / np.maximum(mse, 1e-300)), PSNR_CAP_DB)
+        psnr[:, i] = psnr_from_mse(mse)
     iu = np.triu_indices(r, 1)
     per_h = psnr[:, iu[0], iu[1]].mean(axis=1)
     off = ~np.eye(r, dtype=bool)

@@ -268,12 +268,6 @@ def _mse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
 
 
-def _psnr(mse: np.ndarray, cap: float = 100.0) -> np.ndarray:
-    """PSNR in dB from MSE, identical frames capped at ``cap`` (as v2w eval does)."""
-    with np.errstate(divide="ignore"):
-        return np.minimum(10 * np.log10(255.0**2 / np.asarray(mse, np.float64)), cap)
-
-
 def emulator_gap(
     game: str,
     episodes: int = 4,
@@ -291,6 +285,7 @@ def emulator_gap(
     --resize stretch``). Keys: ``all``, ``hold`` (every held action), and one per label; each has
     psnr (mean), psnr_per_horizon, same (share of identical frame pairs) and n (branches)."""
     from pipelines.data.video import resize_frames
+    from pipelines.metrics.image import psnr_from_mse
 
     _check_branch_args(branches or 1, clip_len, branch_context)
     vals: dict[str, list[np.ndarray]] = {}
@@ -309,10 +304,10 @@ def emulator_gap(
                                       "seed": seed, "size": list(size)}}
     for key, rows in sorted(vals.items()):
         mse = np.stack(rows)  # (n, T-C)
-        psnr = _psnr(mse)
+        psnr = psnr_from_mse(mse)
         out[key] = {"psnr": float(psnr.mean()), "psnr_per_horizon": psnr.mean(axis=0).tolist(),
-                    "pooled_psnr": float(_psnr(mse.mean())),
-                    "pooled_psnr_per_horizon": _psnr(mse.mean(axis=0)).tolist(),
+                    "pooled_psnr": float(psnr_from_mse(mse.mean())),
+                    "pooled_psnr_per_horizon": psnr_from_mse(mse.mean(axis=0)).tolist(),
                     "same": float((mse == 0).mean()), "n": len(rows)}
     return out
 

@@ -20,6 +20,15 @@ def psnr_frames(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return psnr.numpy().reshape(pred.shape[:-3])
 
 
+PSNR_CAP_DB = 100.0  # the PSNR that identical frames (MSE 0) count as, where a finite number is needed
+
+
+def psnr_from_mse(mse, cap: float = PSNR_CAP_DB) -> np.ndarray:
+    """PSNR in dB of uint8 frames from their MSE; identical frames (MSE 0) give ``cap``."""
+    with np.errstate(divide="ignore"):
+        return np.minimum(10 * np.log10(255.0**2 / np.asarray(mse, np.float64)), cap)
+
+
 def ssim_frames(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """SSIM per frame (Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03, data range 255) -> shape (...)."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
