@@ -24,11 +24,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-512", action="store_true")
     args = ap.parse_args()
+    import tempfile
+
     from pipelines.causalize import CausalizeConfig, run
     from pipelines.models.surgery import causalize, check_causality
     from pipelines.models.unet import VideoUNet
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

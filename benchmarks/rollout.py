@@ -30,7 +30,7 @@ def main() -> None:
     from pipelines.causalize import CausalizeConfig
     from pipelines.causalize import run as causalize
     from pipelines.models.world_model import load_model
-    from pipelines.rollout import Roller, RolloutConfig
+    from pipelines.sampler import Roller, RolloutConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         causalize(CausalizeConfig(ckpt="tiny-random", out=f"{tmp}/m", action_dim=4, action_type="discrete"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Vid2World on CS:GO (game simulation): prepare -> causalize -> train -> rollout -> eval,
-# with the paper's settings (../shared/DESIGN.md sections 6-8).
+# with the paper's settings (docs/design.md §5, §6, §9).
 #
 # Usage: examples/csgo.sh [--smoke] [OUT]
 #   OUT      output root (default: $V2W_OUT, else runs/csgo; runs/csgo-smoke with --smoke). Stages write

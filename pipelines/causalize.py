@@ -20,6 +20,14 @@ from pathlib import Path
 import torch
 
 from pipelines.errors import V2WError
+from pipelines.models.action import ACTION_INJECTIONS, ACTION_TYPES, ActionEncoder
+from pipelines.models.causal import TRANSFERS, is_per_frame
+from pipelines.models.dynamicrafter import load_dynamicrafter_base
+from pipelines.models.probe import causality_probe
+from pipelines.models.resampler import Resampler
+from pipelines.models.surgery import causalize, check_causality
+from pipelines.models.unet import VideoUNet
+from pipelines.models.world_model import WorldModel, load_model
 
 FAMILIES = ("dynamicrafter", "unet3d")
 
@@ -38,12 +46,21 @@ class CausalizeConfig:
     action_injection: str = "time"  # time (paper) | scale-shift | tokens: pipelines/models/action.py
     action_tokens: int = 4  # tokens per frame for action_injection "tokens"
     action_init_std: float = 0.0  # 0: the action encoder's last layer starts at zero (the paper's)
-    check: bool = True  # run the causality probe (always on; kept for the CLI's --check)
-    check_only: bool = False  # probe only, write nothing
+    check_only: bool = False  # probe only, write nothing (the probe itself always runs)
     unsafe_pickle: bool = False
-    fps: int | None = None  # fps/frame-stride the model will be trained with (DESIGN 6: 3)
+    fs: int | None = None  # fps / frame-stride conditioning the model will be trained with (the paper: 3)
     from_scratch: bool = False  # re-initialise the U-Net + Resampler (keep VAE, CLIP): the no-transfer control
     extra_meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for flag, value, allowed in (("--family", self.family, FAMILIES), ("--transfer", self.transfer, TRANSFERS),
+                                     ("--action-type", self.action_type, ACTION_TYPES),
+                                     ("--action-injection", self.action_injection, ACTION_INJECTIONS)):
+            if value not in allowed:
+                raise V2WError(f"{flag} must be one of {{{', '.join(allowed)}}}. Got {value!r}")
+        is_per_frame(self.norm)  # validates --norm
+        if self.out is None and not self.check_only:
+            raise V2WError("--out is required (or pass --check alone to only probe)")
 
 
 @dataclass
@@ -66,27 +83,19 @@ def _peak_rss_mb() -> float | None:
 
 
 def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
-    if cfg.family not in FAMILIES:
-        raise V2WError(f"--family must be one of {{{', '.join(FAMILIES)}}}. Got {cfg.family!r}")
-    if cfg.out is None and not cfg.check_only:
-        raise V2WError("--out is required (or pass --check alone to only probe)")
     t0 = time.time()
     if cfg.family == "unet3d":
         return _run_unet3d(cfg, t0, log)
-    from pipelines.models.surgery import causalize, check_causality
-    from pipelines.models.world_model import WorldModel
 
     if cfg.check_only and (Path(cfg.ckpt) / "config.json").exists():
         # probe a MODEL folder written earlier (by causalize or train)
-        from pipelines.models.world_model import load_model
-
         unet = load_model(cfg.ckpt).unet
         check = check_causality(unet)
-        if unet.config.temporal_norm == "per-frame" and not check["causal"]:
+        if unet.config.per_frame_norm and not check["causal"]:
             raise V2WError(f"not causal: outputs at frames < {check['k']} moved by {check['max_leak']:.3g}", path=cfg.ckpt)
         return CausalizeResult(None, {}, check, None, time.time() - t0, _peak_rss_mb())
     # 1-2. read and split
-    base, source = load_dynamicrafter_base(cfg, log)
+    base, source = load_dynamicrafter_base(cfg.ckpt, cfg.base_config, cfg.unsafe_pickle, log)
     if cfg.from_scratch:
         base = _reinitialized(base, log)
     # 3. causalize
@@ -100,7 +109,7 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
     log("probing causality")
     check = check_causality(causal)
     base_check = check_causality(base.unet) if cfg.check_only else None
-    if cfg.norm == "per-frame" and not check["causal"]:
+    if causal.config.per_frame_norm and not check["causal"]:
         raise V2WError(
             f"causality check failed: outputs at frames < {check['k']} moved by {check['max_leak']:.3g} "
             f"(> {check['tolerance']}) when frame {check['k']} changed; per layer: {check['per_layer']}"
@@ -122,8 +131,8 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
         "report": {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()},
         "check": {k: check[k] for k in ("k", "frames", "max_leak", "future_change", "per_layer", "causal")},
     }
-    if cfg.fps is not None:
-        meta["fps"] = cfg.fps
+    if cfg.fs is not None:
+        meta["fps"] = cfg.fs  # MODEL's config.json calls it "fps" (a file key: kept)
     meta.update(cfg.extra_meta)
     model = WorldModel(causal, base.vae, base.image_encoder, base.image_proj, base.empty_text, meta)
     log(f"writing {cfg.out}")
@@ -131,92 +140,9 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
     return CausalizeResult(Path(cfg.out), report, check, base_check, time.time() - t0, _peak_rss_mb())
 
 
-def load_dynamicrafter_base(cfg: CausalizeConfig, log=lambda msg: None):
-    """Every part of a DynamiCrafter checkpoint, strictly keyed -> (WorldModel (bidirectional), source)."""
-    from pipelines.models.checkpoint import (
-        load_state_dict,
-        rename_legacy_keys,
-        resolve_checkpoint,
-        split_by_prefix,
-        unet_params_from_yaml,
-        check_keys,
-    )
-    from pipelines.models.clip import compute_empty_text_context, load_text_tower, load_vision_tower
-    from pipelines.models.resampler import Resampler
-    from pipelines.models.unet import BUILTIN_CONFIGS, UNetConfig, VideoUNet
-    from pipelines.models.vae import load_vae
-    from pipelines.models.world_model import WorldModel
-    from pipelines.statedict import to_float32
-
-    yaml_cfg = None
-    base_config = cfg.base_config
-    if cfg.ckpt == "tiny-random":
-        from pipelines.models.tiny import tiny_dynamicrafter_checkpoint, tiny_inference_config
-
-        sd, source, yaml_cfg = tiny_dynamicrafter_checkpoint()["state_dict"], "tiny-random", tiny_inference_config()
-        builtin = None
-    else:
-        path, builtin = resolve_checkpoint(cfg.ckpt)
-        if path.is_dir():  # a BASE folder (v2w pretrain, or --ckpt tiny): model.ckpt + inference.yaml
-            if not (path / "model.ckpt").exists():
-                raise V2WError("no model.ckpt in this folder (a base folder holds model.ckpt + inference.yaml, as v2w pretrain writes)", path=path)
-            if base_config is None and (path / "inference.yaml").exists():
-                base_config = str(path / "inference.yaml")
-            path = path / "model.ckpt"
-        log(f"reading {path}")
-        sd, source = to_float32(load_state_dict(path, unsafe_pickle=cfg.unsafe_pickle)), str(path)
-    if base_config:
-        yaml_cfg = _read_yaml(base_config)
-    parts, dropped, unknown = split_by_prefix(sd)
-    if unknown:
-        raise V2WError(f"{len(unknown)} unexpected top-level keys (e.g. {', '.join(unknown[:5])}); not a DynamiCrafter checkpoint?", path=source)
-    if not parts["unet"]:
-        raise V2WError("no model.diffusion_model.* keys: not a DynamiCrafter checkpoint", path=source)
-
-    # U-Net
-    params = {**UNetConfig().to_dict(), **BUILTIN_CONFIGS[builtin or "dynamicrafter-512"]}
-    if yaml_cfg is not None:
-        params.update(unet_params_from_yaml(yaml_cfg))
-    with torch.device("meta"):
-        unet = VideoUNet(UNetConfig.from_dict(params))
-    check_keys(unet, rename_legacy_keys(parts["unet"]), "U-Net", source)
-    meta = {"fps": params["default_fs"]}
-    model_params = (yaml_cfg or {}).get("model", {}).get("params", {})
-
-    # VAE (first_stage_model.*)
-    vae = None
-    if parts["vae"]:
-        ddconfig = model_params.get("first_stage_config", {}).get("params", {}).get("ddconfig")
-        vae, _ = load_vae(sd, "first_stage_model.", ddconfig)
-        meta["latent_scale"] = float(model_params.get("scale_factor", 0.18215))
-    else:
-        log("no first_stage_model.* keys: the model will have no VAE (latents only)")
-    # image encoder + Resampler
-    image_encoder = image_proj = None
-    if parts["image_encoder"]:
-        image_encoder = load_vision_tower(sd, "embedder.model.").module
-    if parts["image_proj"]:
-        rp = model_params.get("image_proj_stage_config", {}).get("params") or _resampler_params_from_shapes(parts["image_proj"], params)
-        image_proj = Resampler(**rp)
-        check_keys(image_proj, parts["image_proj"], "Resampler (image_proj_model)", source)
-    # text tower: only the empty prompt's context is kept
-    empty = None
-    if parts["text"]:
-        text = load_text_tower(sd, "cond_stage_model.model.").module
-        with torch.no_grad():
-            empty = compute_empty_text_context(text)
-        del text
-    meta["made_from"] = {"checkpoint": source, "dropped_keys": len(dropped)}
-    return WorldModel(unet, vae, image_encoder, image_proj, empty, meta), source
-
-
 def _reinitialized(base, log):
     """The same base with a freshly initialised (seed 1234) U-Net and Resampler: VAE and CLIP kept, so
     a fine-tune from it measures what the pretrained video prior adds (``--from-scratch``)."""
-    from pipelines.models.resampler import Resampler
-    from pipelines.models.unet import VideoUNet
-    from pipelines.models.world_model import WorldModel
-
     log("--from-scratch: re-initialising the U-Net and the Resampler")
     torch.manual_seed(1234)  # not v2w pretrain's seed: a different draw from the same init distribution
     unet = VideoUNet(base.unet.config)
@@ -225,43 +151,10 @@ def _reinitialized(base, log):
     return WorldModel(unet, base.vae, base.image_encoder, proj, base.empty_text if base.empty_text.numel() else None, meta)
 
 
-def _read_yaml(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.exists():
-        raise V2WError("--base-config file not found", path=p)
-    with open(p) as f:
-        return yaml.safe_load(f) or {}
-
-
-def _resampler_params_from_shapes(sd: dict, unet_params: dict) -> dict:
-    """Resampler hyper-parameters read off its weights (heads: DynamiCrafter's 12 at dim 1024)."""
-    latents = sd["latents"].shape  # (1, num_queries * video_length, dim)
-    dim = latents[2]
-    depth = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
-    inner = sd["layers.0.0.to_q.weight"].shape[0]
-    dim_head = 64 if inner % 64 == 0 else inner
-    video_length = unet_params.get("temporal_length", 16)
-    return {
-        "dim": dim,
-        "depth": depth,
-        "dim_head": dim_head,
-        "heads": inner // dim_head,
-        "num_queries": latents[1] // video_length,
-        "embedding_dim": sd["proj_in.weight"].shape[1],
-        "output_dim": sd["proj_out.weight"].shape[0],
-        "ff_mult": sd["layers.0.1.1.weight"].shape[0] // dim,
-        "video_length": video_length,
-    }
-
-
 def _run_unet3d(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
     if cfg.action_injection != "time" or cfg.action_init_std:
         raise V2WError("--family unet3d supports only --action-injection time (and a zero-initialised encoder)")
-    from pipelines.models.action import ActionEncoder
-    from pipelines.models.probe import causality_probe
-    from pipelines.models.unet3d import UNet3DWorldModel, load_unet3d_base, save_unet3d_model
+    from pipelines.models.unet3d import UNet3DWorldModel, load_unet3d_base, save_unet3d_model  # diffusers' UNet3D: only this family pays its import
 
     unet = load_unet3d_base(cfg.ckpt)
     model = UNet3DWorldModel.from_unet(unet, cfg.transfer, cfg.norm, cfg.order)
@@ -274,7 +167,7 @@ def _run_unet3d(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
     ts = torch.randint(0, 1000, (1, t), generator=g)
     probe = causality_probe(lambda v: model(v, ts, ctx), x, t // 2)
     check = {"k": t // 2, "frames": t, "causal": probe["max_leak"] <= 1e-5, "tolerance": 1e-5, "per_layer": {}, **probe}
-    if cfg.norm == "per-frame" and not check["causal"]:
+    if is_per_frame(cfg.norm) and not check["causal"]:
         raise V2WError(f"causality check failed: leak {probe['max_leak']:.3g} at frames < {t // 2}")
     report = model.report
     if cfg.check_only:

@@ -1,6 +1,6 @@
 """Noise-schedule maths shared by training and rollout (pure tensor functions; no U-Net inside).
 
-DESIGN 6/7: 1000 steps, betas linear in sqrt space 0.00085 -> 0.012 ("scaled_linear"), rescaled to
+docs/design.md §5, §6: 1000 steps, betas linear in sqrt space 0.00085 -> 0.012 ("scaled_linear"), rescaled to
 zero terminal SNR, v-prediction; DynamiCrafter's dynamic rescale multiplies x0 by
 ``scale_arr[t]`` (linspace 1 -> 0.7 over the first 400 steps, then 0.7) before noising.
 Diffusers' schedulers own the schedule; their ``add_noise``/``get_velocity`` take (N,) timesteps,
@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import torch
 
-SCHEDULE_DEFAULTS = {
+# The schedule every MODEL records in config.json ("schedule"); training, sampling and the tiny
+# checkpoints all read it from here.
+DEFAULT_SCHEDULE = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
+    "beta_schedule": "scaled_linear",  # linear in sqrt space
     "rescale_betas_zero_snr": True,
     "prediction_type": "v_prediction",
+    "dynamic_rescale": {"base_scale": 0.7, "turning_step": 400},
 }
 
 
 def make_scheduler(schedule: dict | None = None, kind: str = "ddpm"):
     """A diffusers DDPM (training) or DDIM (sampling, trailing spacing) scheduler for the schedule."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler  # diffusers is slow to import: only when a schedule is built
 
-    cfg = {k: v for k, v in {**SCHEDULE_DEFAULTS, **(schedule or {})}.items() if k in SCHEDULE_DEFAULTS}
+    cfg = {k: v for k, v in {**DEFAULT_SCHEDULE, **(schedule or {})}.items() if k in DEFAULT_SCHEDULE and k != "dynamic_rescale"}
     if kind == "ddim":
         return DDIMScheduler(**cfg, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=True)
     return DDPMScheduler(**cfg, clip_sample=False)
@@ -36,6 +39,12 @@ def dynamic_rescale_table(num_timesteps: int = 1000, base_scale: float = 0.7, tu
     head = torch.linspace(1.0, base_scale, turning_step, dtype=torch.float64)
     tail = torch.full((num_timesteps - turning_step,), base_scale, dtype=torch.float64)
     return torch.cat([head, tail]).float()
+
+
+def rescale_table(schedule: dict | None, num_timesteps: int) -> torch.Tensor:
+    """The dynamic-rescale table of a MODEL's schedule (its defaults where the schedule has none)."""
+    dr = (schedule or {}).get("dynamic_rescale", DEFAULT_SCHEDULE["dynamic_rescale"])
+    return dynamic_rescale_table(num_timesteps, dr["base_scale"], dr["turning_step"])
 
 
 def _fold(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

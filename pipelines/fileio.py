@@ -13,7 +13,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from pipelines.errors import V2WError
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -65,16 +67,38 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    from pipelines.errors import V2WError
-
+def read_checked(path: str | os.PathLike, load: Callable[[Path], Any], what: str, errors: tuple[type[BaseException], ...]) -> Any:
+    """``load(path)``, with the file problems every artifact reader shares turned into one-line
+    V2WErrors naming the file: not found, unreadable, or (``errors``, the parsing library's
+    exceptions) truncated or corrupt, e.g. a half-copied download. ``what``: "JSON", "safetensors
+    file", ... for the message."""
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        return load(path)
     except FileNotFoundError:
         raise V2WError("file not found", path=path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise V2WError(f"not valid JSON ({e})", path=path) from None
+    except IsADirectoryError:
+        raise V2WError(f"is a folder, not a {what}", path=path) from None
+    except errors as e:
+        raise V2WError(f"{what} is truncated or corrupt ({_reason(e)}); re-copy or re-create it", path=path) from None
+    except OSError as e:
+        raise V2WError(f"cannot read it ({e.strerror or e})", path=path) from None
+
+
+def _reason(e: BaseException) -> str:
+    """The library's reason, short: its first sentence (torch's zip errors run on for lines)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(". ")[0].rstrip(".")
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    def load(p: Path) -> Any:
+        with open(p, "rb") as f:
+            return json.load(f)
+
+    return read_checked(path, load, "JSON", (json.JSONDecodeError, UnicodeDecodeError))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -135,12 +159,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 def read_artifact(folder: str | os.PathLike, filename: str, kind: str, format_version: int, made_by: str) -> dict:
     """Read an artifact's JSON (``manifest.json``/``config.json``) and check its kind and version."""
-    from pipelines.errors import V2WError
-
     file = Path(folder) / filename
     if not file.exists():
         raise V2WError(f"no {filename} here; is this a folder written by {made_by}?", path=folder)
     data = read_json(file)
+    if not isinstance(data, dict):
+        raise V2WError(f"is JSON but not a v2w {filename} (no object at the top); re-copy or re-create it", path=file)
     if data.get("kind") != kind:
         raise V2WError(f"{filename} kind is {data.get('kind')!r}, expected {kind!r}", path=file)
     if data.get("format_version", 0) > format_version:

@@ -40,9 +40,20 @@ import torch
 import torch.nn.functional as F
 
 from pipelines import __version__
+from pipelines.data.prepare import load_manifest
+from pipelines.data.stream import ClipStream
 from pipelines.errors import V2WError
 from pipelines.fileio import read_json, write_bytes_atomic, write_json_atomic
-from pipelines.statedict import load_strict
+from pipelines.models.clip import compute_empty_text_context
+from pipelines.models.dynamicrafter import load_dynamicrafter_base
+from pipelines.models.resampler import Resampler
+from pipelines.models.tiny import ARCHS, dynamicrafter_state_dict, inference_config, random_parts
+from pipelines.models.unet import UNetConfig, VideoUNet
+from pipelines.models.vae import vae_config_from_ldm, vae_to_ldm_state_dict
+from pipelines.models.world_model import WorldModel, load_model
+from pipelines.statedict import load_strict, read_safetensors
+from pipelines.train import TrainConfig, list_checkpoints, loss_curve
+from pipelines.train import run as train
 
 
 @dataclass
@@ -72,9 +83,7 @@ class PretrainConfig:
     vae_shift: int = 0  # random translation (px, wrap-around) of every VAE training frame; 0 = none
     init: str | None = None  # a BASE folder (or --ckpt name) to start the VAE and U-Net from instead of random
 
-    def check(self) -> None:
-        from pipelines.models.tiny import ARCHS
-
+    def __post_init__(self) -> None:  # every setting checked once, on construction
         if self.arch not in ARCHS:
             raise V2WError(f"--arch must be one of {{{', '.join(ARCHS)}}}. Got {self.arch!r}")
         if min(self.vae_steps, self.steps, self.batch_size, self.vae_batch_size) < 0 or self.batch_size < 1:
@@ -135,8 +144,6 @@ def train_vae(vae, data: str, cfg: PretrainConfig, device, on_progress=None) -> 
     """Stage 1 in place on ``vae``; returns losses and the val round-trip PSNR (posterior mean)."""
     from diffusers.optimization import get_scheduler
 
-    from pipelines.data.stream import ClipStream
-
     g = torch.Generator().manual_seed(cfg.seed)
     samples = ClipStream(data, "train", cfg.seed).samples()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -175,8 +182,6 @@ def _has_split(data: str, split: str) -> bool:
 
 def latent_scale(vae, data: str, device, frames: int = 256) -> float:
     """LDM's ``scale_by_std``: 1 / std of the posterior means, so scaled latents have unit variance."""
-    from pipelines.data.stream import ClipStream
-
     x = _frames(ClipStream(data, "train", 2).samples(), frames, torch.Generator().manual_seed(2)).to(device)
     with torch.no_grad():
         z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, len(x), 32)])
@@ -184,29 +189,16 @@ def latent_scale(vae, data: str, device, frames: int = 256) -> float:
 
 
 def _init_base(cfg: PretrainConfig, log):
-    """The BASE to continue from (``--init``), read through causalize's checkpoint loader."""
-    from pipelines.causalize import CausalizeConfig, load_dynamicrafter_base
-
+    """The BASE to continue from (``--init``), read like any DynamiCrafter checkpoint."""
     log(f"starting from {cfg.init}")
-    base, _ = load_dynamicrafter_base(CausalizeConfig(ckpt=cfg.init, out=None))
+    base, _ = load_dynamicrafter_base(cfg.init)
     return base
 
 
 def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, log: Callable[[str], None] = lambda m: None) -> PretrainResult:
     from diffusers import AutoencoderKL
-    from safetensors.torch import load_file, save
+    from safetensors.torch import save
 
-    from pipelines.data.prepare import load_manifest
-    from pipelines.models.clip import compute_empty_text_context
-    from pipelines.models.resampler import Resampler
-    from pipelines.models.tiny import ARCHS, dynamicrafter_state_dict, inference_config, random_parts
-    from pipelines.models.unet import UNetConfig, VideoUNet
-    from pipelines.models.vae import vae_config_from_ldm, vae_to_ldm_state_dict
-    from pipelines.models.world_model import WorldModel, load_model
-    from pipelines.train import TrainConfig, list_checkpoints, loss_curve
-    from pipelines.train import run as train
-
-    cfg.check()
     t0 = time.time()
     out, work = Path(cfg.out), Path(cfg.out) / "work"
     if (out / "model.ckpt").exists() and not cfg.resume:
@@ -233,7 +225,7 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
         load_strict(vae, start.vae.state_dict(), "VAE", cfg.init, against=f"--arch {cfg.arch}", hint="pass the --arch the BASE was made with")
     vae_file, vae_json = work / "vae.safetensors", work / "vae.json"
     if cfg.resume and vae_file.exists() and vae_json.exists():
-        vae.load_state_dict(load_file(str(vae_file), device=str(device) if device.type != "cpu" else "cpu"))
+        vae.load_state_dict(read_safetensors(vae_file, device))
         vae.eval().requires_grad_(False)
         vae_report = read_json(vae_json)
         log(f"VAE from {vae_file} (round trip {vae_report['val_round_trip_psnr_db']} dB)")

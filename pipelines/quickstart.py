@@ -26,7 +26,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.causalize import CausalizeConfig
+from pipelines.causalize import run as causalize
+from pipelines.data.prepare import PrepareConfig
+from pipelines.data.prepare import run as prepare
+from pipelines.data.sample import make_atari_episodes
+from pipelines.evaluate import EvalConfig, horizon_table
+from pipelines.evaluate import run as evaluate
 from pipelines.fileio import write_bytes_atomic
+from pipelines.models.checkpoint import shipped_world_model
+from pipelines.rollout import RolloutJob, run_batch, run_sweep
+from pipelines.sampler import RolloutConfig
+from pipelines.train import TrainConfig
+from pipelines.train import run as train
 
 NUM_ACTIONS = 18  # Boxing's (and Atari's full) action set
 BRANCHES = 2  # counterfactual branches per clip: 1 held action + 1 random sequence
@@ -43,18 +55,6 @@ class QuickstartConfig:
 
 
 def run(cfg: QuickstartConfig, log=print) -> dict:
-    from pipelines.causalize import CausalizeConfig
-    from pipelines.causalize import run as causalize
-    from pipelines.data.prepare import PrepareConfig
-    from pipelines.data.prepare import run as prepare
-    from pipelines.data.sample import make_atari_episodes
-    from pipelines.evaluate import EvalConfig
-    from pipelines.evaluate import run as evaluate
-    from pipelines.models.checkpoint import shipped_world_model
-    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch
-    from pipelines.train import TrainConfig
-    from pipelines.train import run as train
-
     out = Path(cfg.out)
     model = cfg.model or str(shipped_world_model())
     episodes, frames = (4, 24) if cfg.smoke else (12, 120)
@@ -105,8 +105,6 @@ def run(cfg: QuickstartConfig, log=print) -> dict:
 
 def _sweep(out: Path, ctx: Path, model: str, ddim: int) -> dict:
     """The action sweep from the first rolled-out clip's context frames."""
-    from pipelines.rollout import RolloutConfig, RolloutJob, run_sweep
-
     first = sorted((out / "pred" / "clips").glob("*.npz"))[0]
     with open(ctx, "wb") as f:
         np.save(f, np.load(first)["context"], allow_pickle=False)
@@ -148,8 +146,6 @@ def _gif(out: Path) -> None:
 
 
 def _write_report(out: Path, model: str, report: dict, losses: list[float], times: dict, manifest: dict) -> None:
-    from pipelines.evaluate import horizon_table
-
     _gif(out)
     md = (out / "report" / "metrics.md").read_text()
     recipe = _recipe_results(model)

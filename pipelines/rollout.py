@@ -1,304 +1,32 @@
-"""``v2w rollout``: autoregressive prediction with causal action guidance (DESIGN 7).
+"""``v2w rollout``: read contexts and actions, roll a world model forward, write the predictions.
 
-For each new frame:
-  1. history = the context frames and earlier predictions, each re-noised ONCE to
-     ``history_noise`` (q_sample of x0 * scale_arr[t_h]) when it joins the history, and fed with
-     that noise level as its per-frame timestep;
-  2. the new frame starts from pure noise and is denoised by DDIM (``steps``, trailing spacing,
-     ``eta``) with v-prediction and DynamiCrafter's dynamic rescale of the predicted x0 by
-     scale_arr[t_prev] / scale_arr[t];
-  3. causal action guidance: a second pass with only the newest frame's action zeroed,
-     v = v_u + s (v_c - v_u), then guidance rescale (diffusers' ``rescale_noise_cfg``); both
-     passes run as one batch;
-  4. past the window, the oldest history frames leave the window; the conditioning frame
-     (concat latent and CLIP image) is the first frame of the current window.
-
-Exact activation cache (``cache=True``, per-frame-norm models): history frames run through the
-U-Net once per window and their temporal keys/values and conv inputs are kept, so each denoising
-step computes only the new frame. When the window slides, the cache is rebuilt from the frames
-now in the window (a one-pass prefill), because every frame's activations depend on the frames
-before it in the window: cached and uncached rollouts stay equal to float precision at every
-frame. ``mode="full"`` instead denoises all new frames jointly (the bidirectional-style baseline).
+Three jobs: one context with an actions file (:func:`run_interactive`), a prepared dataset's clips
+in batches with optional shuffled actions and counterfactual branches (:func:`run_batch`), and one
+context under every action (:func:`run_sweep`). The sampling itself (DDIM, causal action guidance,
+history re-noising, the activation cache) is :mod:`pipelines.sampler` (docs/design.md §6).
 """
 
 from __future__ import annotations
 
 import time
 import zlib
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines.diffusion import dynamic_rescale_table, make_scheduler
+from pipelines.data.loader import ActionNormalizer
+from pipelines.data.prepare import load_manifest
+from pipelines.data.shards import decode_sample, iter_shard
+from pipelines.data.sources.videos import load_npy
+from pipelines.data.video import decode_video, encode_mp4, resize_frames
 from pipelines.errors import V2WError
+from pipelines.fileio import atomic_open, write_json_atomic
 from pipelines.metrics.image import PSNR_CAP_DB, psnr_from_mse
 from pipelines.models.action import shift_actions
-from pipelines.models.cache import ActivationCache, activation_cache
-
-
-@dataclass
-class RolloutConfig:
-    steps: int = 50  # DDIM steps per frame
-    eta: float = 1.0
-    guidance: float = 2.5  # causal action guidance scale (1 = conditional only)
-    guidance_rescale: float = 0.7
-    history_noise: int = 20  # noise level of history frames
-    history_guidance: float = 0.0  # > 0: also guide against a pass without history (beyond the paper)
-    window: int | None = None  # frames in the model's view; None = training length
-    cache: bool | None = None  # None = on for per-frame-norm models
-    mode: str = "autoregressive"  # autoregressive | full
-    seed: int = 0
-    fs: int | None = None  # fps conditioning; None = the model's
-
-
-def ddim_step(
-    x_t: torch.Tensor,
-    v: torch.Tensor,
-    alpha: torch.Tensor,
-    alpha_prev: torch.Tensor,
-    eta: float,
-    noise: torch.Tensor | None,
-    x0_rescale: torch.Tensor | float = 1.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step for v-prediction -> (x_prev, predicted x0).
-
-    x0 = sqrt(a) x_t - sqrt(1 - a) v;  eps = sqrt(a) v + sqrt(1 - a) x_t;  x0 *= x0_rescale
-    sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev))
-    x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise
-    """
-    a, ap = alpha, alpha_prev
-    x0 = a.sqrt() * x_t - (1 - a).sqrt() * v
-    eps = a.sqrt() * v + (1 - a).sqrt() * x_t
-    x0 = x0 * x0_rescale
-    sigma = eta * ((1 - ap) / (1 - a) * (1 - a / ap)).clamp(min=0).sqrt()
-    x_prev = ap.sqrt() * x0 + (1 - ap - sigma**2).clamp(min=0).sqrt() * eps
-    if eta > 0 and noise is not None:
-        x_prev = x_prev + sigma * noise
-    return x_prev, x0
-
-
-def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
-    """Classifier-free guidance on the newest action, then guidance rescale."""
-    from diffusers.guiders.guider_utils import rescale_noise_cfg
-
-    v = v_uncond + scale * (v_cond - v_uncond)
-    return rescale_noise_cfg(v, v_cond, rescale) if rescale > 0 else v
-
-
-class Roller:
-    """Rolls a WorldModel forward; holds the schedule, the cache and the timing."""
-
-    # one seed per batch row (None: one generator for the whole batch, seeded with cfg.seed): a row's
-    # noise then does not depend on the other rows in its batch, so two rollouts of one context under
-    # different actions (counterfactual branches, an action sweep) differ only by their actions
-    row_seeds: list[int] | None = None
-
-    def __init__(self, model, cfg: RolloutConfig):
-        self.model, self.cfg = model, cfg
-        model.eval()  # dropout would make the rollout random (and the cache inexact)
-        self.unet = model.unet
-        c = self.unet.config
-        if cfg.mode not in ("autoregressive", "full"):
-            raise V2WError(f"--mode must be one of {{autoregressive, full}}. Got {cfg.mode!r}")
-        per_frame = c.causal and c.temporal_norm == "per-frame"
-        if cfg.cache is None:
-            cfg.cache = per_frame and cfg.mode == "autoregressive"
-        if cfg.cache and not per_frame:
-            raise V2WError(
-                "--cache needs a causal model with per-frame temporal norms: with pooled norms every new frame "
-                "changes the history's activations, so nothing can be reused. Use --no-cache"
-            )
-        self.window = cfg.window or c.temporal_length
-        if self.window < 2:
-            raise V2WError(f"--window must be >= 2. Got {self.window}")
-        self.sched = make_scheduler(model.meta.get("schedule"), kind="ddim")
-        self.sched.set_timesteps(cfg.steps)
-        self.timesteps = [int(t) for t in self.sched.timesteps]
-        self.ac = self.sched.alphas_cumprod.float()
-        dr = (model.meta.get("schedule") or {}).get("dynamic_rescale", {"base_scale": 0.7, "turning_step": 400})
-        self.table = dynamic_rescale_table(len(self.ac), dr["base_scale"], dr["turning_step"])
-        self.fs = cfg.fs if cfg.fs is not None else int(model.meta.get("fps", c.default_fs))
-        self.timing: list[float] = []
-        self.frame_passes = 0  # frames pushed through the U-Net (x batch): the compute, machine-independent
-
-    # ------------------------------------------------------------------ pieces
-
-    def renoise(self, z: torch.Tensor, generator) -> torch.Tensor:
-        """History frame (B, 4, 1, h, w) clean latent -> its fixed noised input at t_h."""
-        t = self.cfg.history_noise
-        noise = self._randn(z.shape, generator).to(z)
-        x0 = z * self.table[t]
-        return self.ac[t].sqrt() * x0 + (1 - self.ac[t]).sqrt() * noise
-
-    def _generators(self, batch: int):
-        """One generator for the batch, or one per row (``row_seeds``)."""
-        if self.row_seeds is None:
-            return torch.Generator().manual_seed(self.cfg.seed)
-        if len(self.row_seeds) != batch:
-            raise V2WError(f"{len(self.row_seeds)} row seeds for a batch of {batch}")
-        return [torch.Generator().manual_seed(int(s)) for s in self.row_seeds]
-
-    @staticmethod
-    def _randn(shape, generator) -> torch.Tensor:
-        """Standard normal noise of ``shape`` from one generator, or row by row from a list of them."""
-        if isinstance(generator, list):
-            return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
-        return torch.randn(shape, generator=generator)
-
-    def _unet(self, x, ts, concat, ctx, actions, start: int, n: int):
-        """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w)."""
-        b = x.shape[0]
-        self.frame_passes += b * n
-        tokens = self.unet.config.image_tokens_per_frame
-        ctx_n = torch.cat([ctx[:, :77], ctx[:, 77 + start * tokens : 77 + (start + n) * tokens]], dim=1)
-        inp = torch.cat([x, concat.expand(-1, -1, n, -1, -1)], dim=1)
-        fs = torch.full((b,), self.fs, dtype=torch.long, device=x.device)
-        return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions)
-
-    # ------------------------------------------------------------------ the loop
-
-    @torch.no_grad()
-    def rollout(
-        self,
-        context_latents: torch.Tensor,
-        context_pixels: torch.Tensor,
-        actions: torch.Tensor | None,
-        horizon: int,
-        on_frame=None,
-    ) -> torch.Tensor:
-        """context_latents (B, 4, C, h, w); context_pixels (B, 3, C, H, W) in [-1, 1];
-        actions (B, C + horizon, A) per-frame *inputs* (frame j's entry is a_{j-1}; already
-        normalised, or one-hot) or None. Returns predicted latents (B, 4, horizon, h, w)."""
-        cfg = self.cfg
-        b, _, n_ctx, _, _ = context_latents.shape
-        if actions is not None and actions.shape[1] < n_ctx + horizon:
-            raise V2WError(f"need {n_ctx + horizon} per-frame actions, got {actions.shape[1]}")
-        if cfg.mode == "full":
-            return self._rollout_full(context_latents, context_pixels, actions, horizon)
-        g = self._generators(b)
-        clean = [context_latents[:, :, i : i + 1] for i in range(n_ctx)]  # clean latents of every frame
-        noised = [self.renoise(z, g) for z in clean]
-        pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels we know
-        cache, cache_start, cached = ActivationCache(), None, 0
-        window_ctx, ctx_start = None, None
-        preds = []
-        for k in range(horizon):
-            t0 = time.perf_counter()
-            n = len(clean)  # index of the new frame
-            start = max(0, n - (self.window - 1))  # first frame in the window
-            hist = n - start
-            if start not in pixels:
-                pixels[start] = self.model.decode_latents(clean[start])[:, :, 0]
-            if ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
-                window_ctx, ctx_start = self.model.image_context(pixels[start], self.window), start
-            tokens = self.unet.config.image_tokens_per_frame
-            concat, ctx = clean[start], window_ctx[:, : 77 + (hist + 1) * tokens]
-            acts = actions[:, start : n + 1] if actions is not None else None
-            if cfg.cache:
-                if cache_start != start:  # the window slid: every history activation changes
-                    cache.clear()
-                    cache_start, cached = start, 0
-                if cached < hist:  # frames that joined the window since: one pass, both guidance halves
-                    x_add = torch.cat(noised[start + cached : n], dim=2)
-                    ts_add = torch.full((b, hist - cached), cfg.history_noise, dtype=torch.long, device=x_add.device)
-                    a_add = acts[:, cached:hist] if acts is not None else None
-                    with activation_cache(self.unet, cache, "append"):
-                        self._unet(*self._pair(x_add, ts_add, concat, ctx, a_add, None), cached, hist - cached)
-                    cached = hist
-            x = self._randn(clean[0].shape, g).to(clean[0])
-            for i, t in enumerate(self.timesteps):
-                t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
-                v = self._predict_new(x, t, noised[start:n], concat, ctx, acts, cache if cfg.cache else None, hist)
-                a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
-                rescale = self.table[max(t_prev, 0)] / self.table[t]
-                noise = self._randn(x.shape, g).to(x) if cfg.eta > 0 else None
-                x, _ = ddim_step(x, v, a_t, a_prev, cfg.eta, noise, rescale)
-            clean.append(x)
-            noised.append(self.renoise(x, g))
-            preds.append(x)
-            self.timing.append(time.perf_counter() - t0)
-            if on_frame:
-                on_frame(k, self.timing[-1], horizon)
-        return torch.cat(preds, dim=2)
-
-    def _pair(self, x, ts, concat, ctx, acts, new_index):
-        """Duplicate inputs for the conditional and unconditional passes (batched together).
-        new_index: which frame's action the unconditional pass zeroes (None: none)."""
-        x2, ts2 = torch.cat([x, x]), torch.cat([ts, ts])
-        concat2, ctx2 = torch.cat([concat, concat]), torch.cat([ctx, ctx])
-        acts2 = None
-        if acts is not None:
-            uncond = acts.clone()
-            if new_index is not None:
-                uncond[:, new_index] = 0
-            acts2 = torch.cat([acts, uncond])
-        return x2, ts2, concat2, ctx2, acts2
-
-    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist) -> torch.Tensor:
-        """Guided v for the newest frame (B, 4, 1, h, w)."""
-        b = x_new.shape[0]
-        dev = x_new.device
-        guided = acts is not None and self.cfg.guidance != 1.0
-        if cache is not None:
-            ts = torch.full((b, 1), t, dtype=torch.long, device=dev)
-            a_new = acts[:, hist : hist + 1] if acts is not None else None
-            x2, ts2, c2, ctx2, a2 = self._pair(x_new, ts, concat, ctx, a_new, 0)
-            with activation_cache(self.unet, cache, "read"):
-                out = self._unet(x2, ts2, c2, ctx2, a2, hist, 1)
-        else:
-            x = torch.cat([*hist_noised, x_new], dim=2)
-            ts = torch.full((b, hist + 1), self.cfg.history_noise, dtype=torch.long, device=dev)
-            ts[:, -1] = t
-            x2, ts2, c2, ctx2, a2 = self._pair(x, ts, concat, ctx, acts, hist)
-            out = self._unet(x2, ts2, c2, ctx2, a2, 0, hist + 1)[:, :, -1:]
-        v_c, v_u = out[:b], out[b:]
-        v = guide(v_c, v_u, self.cfg.guidance, self.cfg.guidance_rescale) if guided else v_c
-        if self.cfg.history_guidance > 0 and hist > 0:
-            v = self._history_guided(v, x_new, t, concat, ctx, acts, hist)
-        return v
-
-    def _history_guided(self, v, x_new, t, concat, ctx, acts, hist):
-        """Guide against a pass that sees no history (the new frame alone): an anti-drift option."""
-        b = x_new.shape[0]
-        ts = torch.full((b, 1), t, dtype=torch.long, device=x_new.device)
-        a_new = acts[:, hist : hist + 1] if acts is not None else None
-        v_nohist = self._unet(x_new, ts, concat, ctx, a_new, hist, 1)
-        return v + self.cfg.history_guidance * (v - v_nohist)
-
-    def _rollout_full(self, context_latents, context_pixels, actions, horizon):
-        """All new frames denoised jointly with the context frames held at t_h (baseline)."""
-        cfg = self.cfg
-        b, _, n_ctx, _, _ = context_latents.shape
-        total = n_ctx + horizon
-        if total > self.window:
-            raise V2WError(f"--mode full needs context + horizon <= window ({n_ctx} + {horizon} > {self.window})")
-        g = self._generators(b)
-        hist = torch.cat([self.renoise(context_latents[:, :, i : i + 1], g) for i in range(n_ctx)], dim=2)
-        concat, ctx = context_latents[:, :, :1], self.model.image_context(context_pixels[:, :, 0], total)
-        x = self._randn((b, 4, horizon, *context_latents.shape[3:]), g).to(context_latents)
-        acts = actions[:, :total] if actions is not None else None
-        t0 = time.perf_counter()
-        for i, t in enumerate(self.timesteps):
-            t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
-            ts = torch.full((b, total), cfg.history_noise, dtype=torch.long, device=x.device)
-            ts[:, n_ctx:] = t
-            inp = torch.cat([hist, x], dim=2)
-            if acts is not None and cfg.guidance != 1.0:
-                uncond = acts.clone()
-                uncond[:, n_ctx:] = 0
-                out = self._unet(torch.cat([inp, inp]), torch.cat([ts, ts]), torch.cat([concat, concat]),
-                                 torch.cat([ctx, ctx]), torch.cat([acts, uncond]), 0, total)[:, :, n_ctx:]
-                v = guide(out[:b], out[b:], cfg.guidance, cfg.guidance_rescale)
-            else:
-                v = self._unet(inp, ts, concat, ctx, acts, 0, total)[:, :, n_ctx:]
-            a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
-            noise = self._randn(x.shape, g).to(x) if cfg.eta > 0 else None
-            x, _ = ddim_step(x, v, a_t, a_prev, cfg.eta, noise, self.table[max(t_prev, 0)] / self.table[t])
-        per = (time.perf_counter() - t0) / horizon
-        self.timing += [per] * horizon
-        return x
+from pipelines.models.world_model import load_model
+from pipelines.sampler import Roller, RolloutConfig
 
 
 def settings(cfg: RolloutConfig) -> dict:
@@ -333,8 +61,6 @@ class RolloutJob:
 def normalize_actions(model, actions: torch.Tensor, manifest: dict | None = None) -> torch.Tensor:
     """Raw continuous actions -> (a - mean) / std with the stats the model was trained with (the
     training data's manifest, recorded in MODEL at train time; else ``manifest``); one-hot unchanged."""
-    from pipelines.data.loader import ActionNormalizer
-
     trained = model.meta.get("trained") or {}
     src = trained if trained.get("action_stats") else (manifest or {})
     if src.get("action_stats") and src.get("action_type", "continuous") == "continuous":
@@ -351,8 +77,6 @@ def _action_inputs(model, actions: torch.Tensor, manifest: dict | None = None) -
 
 def read_actions_file(path: str, model, horizon: int | None = None) -> torch.Tensor:
     """acts.npy -> (H, A) float: continuous rows, or integer ids made one-hot for discrete models."""
-    from pipelines.data.sources.videos import load_npy
-
     c = model.unet.config
     if not c.action_dim:
         raise V2WError("the model takes no actions (causalized without --action-dim)", path=path)
@@ -375,8 +99,6 @@ def read_actions_file(path: str, model, horizon: int | None = None) -> torch.Ten
 def read_frames(path: str, size: tuple[int, int] | None, resize: str = "crop") -> np.ndarray:
     """An image, a video or an .npy of frames -> (T, H, W, 3) uint8 (resized when ``size``)."""
     from PIL import Image
-
-    from pipelines.data.video import decode_video, resize_frames
 
     p = Path(path)
     if not p.exists():
@@ -417,10 +139,6 @@ def _model_size(model) -> tuple[int, int] | None:
 
 def run_interactive(job: RolloutJob, cfg: RolloutConfig, on_frame=None) -> dict:
     """Context + acts.npy -> OUT/{video.mp4, frames.npy, grid.png, rollout.json}."""
-    from pipelines.data.video import encode_mp4
-    from pipelines.fileio import atomic_open, write_json_atomic
-    from pipelines.models.world_model import load_model
-
     model = load_model(job.model, job.device)
     n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
     actions = read_actions_file(job.actions, model) if job.actions else None
@@ -536,11 +254,6 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
     ref = the emulator's branch frames, actions, parent, label), so the only difference from the
     parent's rollout is the actions."""
     import json
-
-    from pipelines.data.prepare import load_manifest
-    from pipelines.data.shards import decode_sample, iter_shard
-    from pipelines.fileio import atomic_open, write_json_atomic
-    from pipelines.models.world_model import load_model
 
     model = load_model(job.model, job.device)
     manifest = load_manifest(job.data)
@@ -749,9 +462,6 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
     ``job.batch_size`` rows per forward (the chunking changes the result only by float rounding). Context
     actions are unknown: zeros, as in run_interactive. ``on_frame(k, seconds, total)`` counts
     predicted frames over all chunks."""
-    from pipelines.fileio import atomic_open, write_json_atomic
-    from pipelines.models.world_model import load_model
-
     if job.actions:
         raise V2WError("--action-sweep makes its own actions: drop --actions (or drop --action-sweep)")
     if not job.context:
@@ -844,8 +554,6 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
 
 def encode_mp4_even(frames: np.ndarray, fps: float) -> bytes:
     """encode_mp4 after padding (T, H, W, 3) frames with white to even H and W."""
-    from pipelines.data.video import encode_mp4
-
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
@@ -854,8 +562,6 @@ def encode_mp4_even(frames: np.ndarray, fps: float) -> bytes:
 
 def _save_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
-
-    from pipelines.fileio import atomic_open
 
     with atomic_open(path) as f:
         Image.fromarray(image).save(f, format="PNG")

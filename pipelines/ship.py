@@ -13,7 +13,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipelines.evaluate import horizon_table
 from pipelines.fileio import read_json, write_json_atomic
+from pipelines.models.world_model import load_model
+from pipelines.train import loss_curve
 
 METRICS = ("psnr", "ssim", "lpips")
 
@@ -29,15 +32,11 @@ def _report(folder: Path) -> dict:
 
 
 def _trained(run: Path) -> dict:
-    from pipelines.train import loss_curve
-
     meta = read_json(run / "final" / "config.json")["trained"]
     return {"steps": meta["steps"], "planned_steps": meta.get("planned_steps"), "loss_curve": loss_curve(run)}
 
 
 def summary_markdown(res: dict) -> str:
-    from pipelines.evaluate import horizon_table
-
     wm, scratch = res["eval"]["world_model"], res["eval"]["from_scratch"]
     rows = {"world model": wm["model"], "from scratch": scratch["model"], "copy-last": wm["copy-last"],
             "world model, shuffled actions": wm["shuffled-actions"]}
@@ -61,8 +60,6 @@ def summary_markdown(res: dict) -> str:
 
 
 def ship(run: str | Path, dest: str | Path) -> dict:
-    from pipelines.models.world_model import load_model
-
     run, dest = Path(run), Path(dest)
     base = dest / "tiny-base"
     base.mkdir(parents=True, exist_ok=True)
@@ -86,9 +83,6 @@ def ship(run: str | Path, dest: str | Path) -> dict:
 def ship_world_model(run: str | Path, report: str | Path, dest: str | Path, commands: list[str], note: str = "") -> dict:
     """Ship only a world model (a ``v2w train`` RUN on the shipped base) with its eval REPORT:
     DEST/tiny-world-model/ (float16 MODEL) + recipe.json (the commands that made it, its numbers)."""
-    from pipelines.evaluate import horizon_table
-    from pipelines.models.world_model import load_model
-
     run, report, dest = Path(run), Path(report), Path(dest)
     r = _report(report)
     res = {"made_by": "the commands below (the base is the shipped tiny-base)", "commands": commands,

@@ -1,4 +1,4 @@
-"""``v2w train``: Diffusion-Forcing fine-tuning with frame-level actions (DESIGN 6), on accelerate.
+"""``v2w train``: Diffusion-Forcing fine-tuning with frame-level actions (docs/design.md §5), on accelerate.
 
 One step, in order:
   1. a batch of clips: latents (pre-encoded, or encoded now by the frozen VAE), frame 0 pixels,
@@ -24,24 +24,35 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import save_file
 
 from pipelines import __version__
+from pipelines.data.stream import ClipStream, collate
 from pipelines.diffusion import (
     add_noise_per_frame,
-    dynamic_rescale_table,
     make_scheduler,
     rescale_per_frame,
+    rescale_table,
     velocity_per_frame,
 )
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
 from pipelines.models.action import is_action_parameter, shift_actions
+from pipelines.models.attention import TemporalTransformer
+from pipelines.models.unet import TemporalConvBlock
+from pipelines.models.world_model import WorldModel, load_model
+from pipelines.sampler import Roller, RolloutConfig
+from pipelines.statedict import read_safetensors, read_torch
 
 TRAIN_SETS = ("all", "temporal", "new")
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -65,6 +76,7 @@ class TrainConfig:
     save_every: int = 500
     keep: int = 3
     resume: str | None = None  # None | "latest" | "step-N"
+    resume_if_exists: bool = False  # resume from the newest checkpoint when there is one, else start fresh
     action_dropout: float = 0.2
     cond_dropout: float = 0.05
     precision: str = "fp32"  # fp32 | bf16 | fp16
@@ -75,12 +87,12 @@ class TrainConfig:
     log_every: int = 10
     preview_every: int = 0  # 0 = no previews
     shuffle_buffer: int = 64
-    fs: int = 3  # frame-stride / fps conditioning (DESIGN 6)
+    fs: int = 3  # frame-stride / fps conditioning (docs/design.md §5)
     device: str | None = None  # None: accelerate decides (GPU if there is one)
     noise_levels: str = "per-frame"  # per-frame (Diffusion Forcing) | shared (video diffusion: `v2w pretrain`)
     time_limit: float | None = None  # minutes: stop after the step that crosses it, save, write final/
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:  # every setting checked once, on construction
         if self.train not in TRAIN_SETS:
             raise V2WError(f"--train must be one of {{{', '.join(TRAIN_SETS)}}}. Got {self.train!r}")
         if self.precision not in PRECISIONS:
@@ -98,6 +110,8 @@ class TrainConfig:
             raise V2WError(f"--new-layers-lr must be > 0. Got {self.new_layers_lr}")
         if not 0 <= self.ema_decay < 1:
             raise V2WError(f"--ema-decay must be in [0, 1). Got {self.ema_decay}")
+        if self.resume and self.resume_if_exists:
+            raise V2WError(f"pass --resume ({self.resume}) or --resume-if-exists, not both")
 
 
 @dataclass
@@ -164,8 +178,6 @@ def diffusion_forcing_loss(
 def trainable_parameters(model, which: str) -> list[nn.Parameter]:
     """all: U-Net + Resampler; temporal: temporal layers + time embedding + action layers; new: the
     action layers only (encoder + injection projections, :func:`is_action_parameter`)."""
-    from pipelines.models.attention import TemporalTransformer
-    from pipelines.models.unet import TemporalConvBlock
 
     unet = model.unet
     action = [p for n, p in unet.named_parameters() if is_action_parameter(n)]
@@ -234,6 +246,29 @@ def _set_rng_state(state: dict[str, torch.Tensor], generator: torch.Generator) -
 # ---------------------------------------------------------------- the run
 
 
+@dataclass
+class _Session:
+    """What one training process holds: built once by :func:`_setup`, used by every step."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    accelerator: Any
+    model: Any  # the WorldModel (unwrapped)
+    wrapped: Any  # the same, as accelerate prepared it (DDP on several GPUs)
+    params: list[nn.Parameter]  # what trains
+    optimizer: Any
+    lr_sched: Any
+    ema: Any  # diffusers EMAModel, or None
+    scheduler: Any  # the noise schedule (diffusers DDPM)
+    table: torch.Tensor  # dynamic-rescale table
+    generator: torch.Generator  # noise levels, noise and dropout draws
+    stream: Any  # ClipStream over the train split
+
+    @property
+    def unet(self):
+        return self.model.unet
+
+
 def run(
     cfg: TrainConfig,
     on_progress: Callable[[dict], None] | None = None,
@@ -241,16 +276,59 @@ def run(
     stop_after: int | None = None,
 ) -> TrainResult:
     """Train; ``stop_after`` ends this call after that many optimizer steps (tests, preemption)."""
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
-
-    from pipelines.data.stream import ClipStream, collate
-    from pipelines.models.world_model import load_model
-
-    cfg.check()
     t_start = time.time()
-    run_dir = Path(cfg.out)
+    s = _setup(cfg)  # 1. model, data, optimizer
+    step, epoch, offset = _resume_or_start(s, log)  # 2. resume
+    acc = s.accelerator
+    writer = _tensorboard(s.run_dir, acc.is_main_process)
+
+    # 3. loop
+    samples = s.stream.samples(epoch, offset)
+    losses, window = [], []
+    t_log, n_log = time.time(), 0
+    start_step = step
+    s.model.unet.train()
+    if s.model.image_proj is not None:
+        s.model.image_proj.train()
+    timed_out = False
+    while step < cfg.steps:
+        if stop_after is not None and step - start_step >= stop_after:
+            break
+        if _out_of_time(s, t_start):
+            timed_out = True
+            log(f"--time-limit {cfg.time_limit} min reached at step {step}")
+            break
+        step_loss, step_frames, grad_norm, epoch, offset = _train_step(s, samples, step)
+        step += 1
+        if s.ema is not None:
+            s.ema.step(s.params)
+        losses.append(step_loss)
+        window.append(step_loss)
+        n_log += cfg.batch_size * cfg.grad_accum * acc.num_processes
+        if acc.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
+            rec = _metrics_record(step, window, step_frames, s.lr_sched, grad_norm, n_log / max(time.time() - t_log, 1e-9), acc.device)
+            _log_metrics(s.run_dir, rec, writer)
+            window, t_log, n_log = [], time.time(), 0
+        if on_progress and acc.is_main_process:
+            on_progress({"step": step, "steps": cfg.steps, "loss": step_loss, "lr": s.lr_sched.get_last_lr()[0]})
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _checkpoint_all(s, step, epoch, offset)
+        if cfg.preview_every and step % cfg.preview_every == 0 and acc.is_main_process:
+            _preview(s.model, cfg, s.run_dir, step)
+
+    # 4. final model (EMA weights when EMA is on)
+    if timed_out and step > start_step and not any(k == step for k, _ in list_checkpoints(s.run_dir)):
+        _checkpoint_all(s, step, epoch, offset)
+    if (step >= cfg.steps or timed_out) and acc.is_main_process:
+        _save_final(s, step)
+    if writer is not None:
+        writer.close()
+    acc.wait_for_everyone()
+    return TrainResult(s.run_dir, step, losses, start_step, time.time() - t_start)
+
+
+def _setup(cfg: TrainConfig) -> _Session:
+    """Accelerator, MODEL (frozen but for ``--train``'s parameters), data, optimizer, LR schedule, EMA, RNGs."""
     accelerator = Accelerator(
         mixed_precision=PRECISIONS[cfg.precision],
         gradient_accumulation_steps=cfg.grad_accum,
@@ -259,14 +337,11 @@ def run(
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if device.type == "cuda":  # TF32 matmuls/convs: ~2x on Ampere+ at no visible cost for diffusion training
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-    # 1. model, data, compatibility
     model = load_model(cfg.model, device)
     if not hasattr(model, "unet") or not hasattr(model.unet, "config"):
         raise V2WError("v2w train supports the dynamicrafter family MODEL folders", path=cfg.model)
     stream = ClipStream(cfg.data, "train", cfg.seed, rank, world, cfg.shuffle_buffer)
     _check_compatible(model, stream.manifest, cfg)
-    uses_actions = bool(model.unet.config.action_dim)
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     for module in (model.vae, model.image_encoder):
@@ -284,123 +359,104 @@ def run(
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) if cfg.ema_decay > 0 else None
     wrapped, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
     model = accelerator.unwrap_model(wrapped)
-    unet_raw = model.unet
     scheduler = make_scheduler(model.meta.get("schedule"))
-    dr = (model.meta.get("schedule") or {}).get("dynamic_rescale", {"base_scale": 0.7, "turning_step": 400})
-    table = dynamic_rescale_table(scheduler.config.num_train_timesteps, dr["base_scale"], dr["turning_step"])
+    table = rescale_table(model.meta.get("schedule"), scheduler.config.num_train_timesteps)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
     torch.manual_seed(cfg.seed * 1000 + rank)
     random.seed(cfg.seed * 1000 + rank)
+    return _Session(cfg, Path(cfg.out), accelerator, model, wrapped, params, optimizer, lr_sched, ema, scheduler,
+                    table, generator, stream)
 
-    # 2. resume
+
+def _resume_or_start(s: _Session, log) -> tuple[int, int, int]:
+    """-> (step, epoch, offset): from a checkpoint (``--resume``, ``--resume-if-exists``) or from 0.
+    Writes RUN/config.json and cuts metrics.jsonl back to the checkpoint."""
+    cfg, run_dir = s.cfg, s.run_dir
     step, epoch, offset = 0, 0, 0
-    if cfg.resume:
-        step, epoch, offset = _resume(cfg, run_dir, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank)
+    if cfg.resume or (cfg.resume_if_exists and list_checkpoints(run_dir)):
+        step, epoch, offset = _resume(s)
         log(f"resumed from step {step}")
     elif list_checkpoints(run_dir):
-        raise V2WError("has checkpoints already; pass --resume to continue or choose another --out", path=run_dir)
-    if accelerator.is_main_process:
+        raise V2WError("has checkpoints already; pass --resume (or --resume-if-exists) to continue or choose another --out", path=run_dir)
+    elif cfg.resume_if_exists:
+        log(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting fresh")
+    if s.accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(run_dir / "metrics.jsonl", step)
-        write_json_atomic(run_dir / "config.json", _run_config(cfg, model, stream.manifest))
-    writer = _tensorboard(run_dir, accelerator.is_main_process)
+        write_json_atomic(run_dir / "config.json", _run_config(cfg, s.model, s.stream.manifest))
+    return step, epoch, offset
 
-    # 3. loop
-    samples = stream.samples(epoch, offset)
-    losses, window = [], []
-    t_log, n_log = time.time(), 0
-    start_step = step
-    model.unet.train()
-    if model.image_proj is not None:
-        model.image_proj.train()
-    timed_out = False
-    while step < cfg.steps:
-        if stop_after is not None and step - start_step >= stop_after:
-            break
-        if cfg.time_limit is not None:
-            over = time.time() - t_start > cfg.time_limit * 60
-            if world > 1:  # every process must stop at the same step: agree on the slowest clock
-                over = bool(accelerator.reduce(torch.tensor([float(over)], device=device), "max").item())
-            if over:
-                timed_out = True
-                log(f"--time-limit {cfg.time_limit} min reached at step {step}")
-                break
-        step_loss, step_frames = 0.0, []
-        for _ in range(cfg.grad_accum):
-            batch = [next(samples) for _ in range(cfg.batch_size)]
-            epoch, offset = batch[-1][0], batch[-1][1]
-            b = collate([s for _, _, s in batch])
-            frames = b["frames"].to(device)
-            with torch.no_grad():
-                latents = b["latents"].to(device) if "latents" in b else model.encode_frames(frames)
-            with accelerator.accumulate(wrapped), accelerator.autocast():
-                loss, per_frame, ts = diffusion_forcing_loss(
-                    wrapped, latents, frames[:, :, 0], b["actions"].to(device) if uses_actions else None,
-                    scheduler, table, generator, cfg.action_dropout, cfg.cond_dropout, cfg.fs,
-                    shared_noise=cfg.noise_levels == "shared",
+
+def _out_of_time(s: _Session, t_start: float) -> bool:
+    """``--time-limit`` crossed; with several processes, by the slowest clock (all stop at one step)."""
+    if s.cfg.time_limit is None:
+        return False
+    over = time.time() - t_start > s.cfg.time_limit * 60
+    if s.accelerator.num_processes > 1:
+        over = bool(s.accelerator.reduce(torch.tensor([float(over)], device=s.accelerator.device), "max").item())
+    return over
+
+
+def _train_step(s: _Session, samples, step: int):
+    """One optimizer step over ``grad_accum`` micro-batches -> (loss, per-frame losses with their noise
+    levels, grad norm, data epoch, data offset)."""
+    cfg, acc, model = s.cfg, s.accelerator, s.model
+    device = acc.device
+    step_loss, step_frames, grad_norm = 0.0, [], None
+    epoch = offset = 0
+    for _ in range(cfg.grad_accum):
+        batch = [next(samples) for _ in range(cfg.batch_size)]
+        epoch, offset = batch[-1][0], batch[-1][1]
+        b = collate([x for _, _, x in batch])
+        frames = b["frames"].to(device)
+        with torch.no_grad():
+            latents = b["latents"].to(device) if "latents" in b else model.encode_frames(frames)
+        actions = b["actions"].to(device) if model.unet.config.action_dim else None
+        with acc.accumulate(s.wrapped), acc.autocast():
+            loss, per_frame, ts = diffusion_forcing_loss(
+                s.wrapped, latents, frames[:, :, 0], actions, s.scheduler, s.table, s.generator,
+                cfg.action_dropout, cfg.cond_dropout, cfg.fs, shared_noise=cfg.noise_levels == "shared",
+            )
+            if not torch.isfinite(loss):
+                last = list_checkpoints(s.run_dir)
+                raise V2WError(
+                    f"loss is {loss.item()} at step {step + 1}; stopped without saving. Last good checkpoint: "
+                    f"{last[-1][1] if last else 'none'}. Lower --lr, or use --precision bf16/fp32",
+                    path=s.run_dir,
                 )
-                if not torch.isfinite(loss):
-                    last = list_checkpoints(run_dir)
-                    raise V2WError(
-                        f"loss is {loss.item()} at step {step + 1}; stopped without saving. Last good checkpoint: "
-                        f"{last[-1][1] if last else 'none'}. Lower --lr, or use --precision bf16/fp32",
-                        path=run_dir,
-                    )
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                lr_sched.step()
-                optimizer.zero_grad(set_to_none=True)
-            step_loss += loss.item() / cfg.grad_accum
-            step_frames.append((per_frame.cpu(), ts.cpu()))
-        step += 1
-        if ema is not None:
-            ema.step(params)
-        losses.append(step_loss)
-        window.append(step_loss)
-        n_log += cfg.batch_size * cfg.grad_accum * world
-        if accelerator.is_main_process and (step % cfg.log_every == 0 or step == cfg.steps):
-            rec = _metrics_record(step, window, step_frames, lr_sched, grad_norm, n_log / max(time.time() - t_log, 1e-9), device)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if writer is not None:
-                for k in ("loss", "lr", "grad_norm", "samples_per_s"):
-                    if rec.get(k) is not None:
-                        writer.add_scalar(f"train/{k}", rec[k], step)
-            window, t_log, n_log = [], time.time(), 0
-        if on_progress and accelerator.is_main_process:
-            on_progress({"step": step, "steps": cfg.steps, "loss": step_loss, "lr": lr_sched.get_last_lr()[0]})
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            _checkpoint_all(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank, epoch, offset)
-        if cfg.preview_every and step % cfg.preview_every == 0 and accelerator.is_main_process:
-            _preview(model, cfg, run_dir, step)
+            acc.backward(loss)
+            grad_norm = None
+            if acc.sync_gradients:
+                grad_norm = acc.clip_grad_norm_(s.params, cfg.grad_clip)
+            s.optimizer.step()
+            s.lr_sched.step()
+            s.optimizer.zero_grad(set_to_none=True)
+        step_loss += loss.item() / cfg.grad_accum
+        step_frames.append((per_frame.cpu(), ts.cpu()))
+    return step_loss, step_frames, grad_norm, epoch, offset
 
-    # 4. final model (EMA weights when EMA is on)
-    if timed_out and step > start_step and not any(s == step for s, _ in list_checkpoints(run_dir)):
-        _checkpoint_all(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank, epoch, offset)
-    if (step >= cfg.steps or timed_out) and accelerator.is_main_process:
-        _save_final(run_dir, cfg, model, unet_raw, ema, params, step, stream.manifest)
+
+def _log_metrics(run_dir: Path, rec: dict, writer) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
     if writer is not None:
-        writer.close()
-    accelerator.wait_for_everyone()
-    return TrainResult(run_dir, step, losses, start_step, time.time() - t_start)
+        for k in ("loss", "lr", "grad_norm", "samples_per_s"):
+            if rec.get(k) is not None:
+                writer.add_scalar(f"train/{k}", rec[k], rec["step"])
 
 
-def _checkpoint_all(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank, epoch, offset) -> None:
+def _checkpoint_all(s: _Session, step: int, epoch: int, offset: int) -> None:
     """Every process contributes its data position and RNG states; the main one writes the checkpoint."""
-    from accelerate.utils import gather_object
-
     py = random.getstate()
     me = {
-        "rank": rank, "epoch": epoch, "offset": offset, "python_random": [py[0], list(py[1]), py[2]],
-        "rng": {k: v.tolist() for k, v in _rng_state(generator).items()},
+        "rank": s.accelerator.process_index, "epoch": epoch, "offset": offset,
+        "python_random": [py[0], list(py[1]), py[2]],
+        "rng": {k: v.tolist() for k, v in _rng_state(s.generator).items()},
     }
     states = gather_object([me])
-    if accelerator.is_main_process:
-        _save_checkpoint(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, states)
-    accelerator.wait_for_everyone()
+    if s.accelerator.is_main_process:
+        _save_checkpoint(s, step, states)
+    s.accelerator.wait_for_everyone()
 
 
 def _check_compatible(model, manifest: dict, cfg: TrainConfig) -> None:
@@ -483,7 +539,7 @@ def _tensorboard(run_dir: Path, main: bool):
     if not main:
         return None
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard may be absent
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
@@ -496,19 +552,18 @@ def _trainable_state(unet_raw, model) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
 
 
-def _save_checkpoint(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, accelerator, ema, states) -> None:
-    from safetensors.torch import save_file
-
+def _save_checkpoint(s: _Session, step: int, states: list[dict]) -> None:
+    cfg, run_dir, ema = s.cfg, s.run_dir, s.ema
     final = run_dir / "checkpoints" / f"step-{step}"
     with atomic_dir(final) as tmp:
-        save_file(_trainable_state(unet_raw, model), str(tmp / "model.safetensors"))
+        save_file(_trainable_state(s.unet, s.model), str(tmp / "model.safetensors"))
         if ema is not None:
             save_file({str(i): p.detach().contiguous().cpu() for i, p in enumerate(ema.shadow_params)}, str(tmp / "ema.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        torch.save(s.optimizer.state_dict(), tmp / "optimizer.pt")
+        scaler = s.accelerator.scaler.state_dict() if s.accelerator.scaler is not None else None
         state = {
             "step": step,
-            "lr_scheduler": lr_sched.state_dict(),
+            "lr_scheduler": s.lr_sched.state_dict(),
             "grad_scaler": scaler,
             "ema": {"optimization_step": ema.optimization_step, "decay": ema.decay} if ema is not None else None,
             "processes": states,
@@ -521,9 +576,9 @@ def _save_checkpoint(run_dir, step, cfg, unet_raw, model, optimizer, lr_sched, a
         shutil.rmtree(tmp_left, ignore_errors=True)
 
 
-def _resume(cfg, run_dir, unet_raw, model, optimizer, lr_sched, accelerator, ema, generator, rank) -> tuple[int, int, int]:
-    from safetensors.torch import load_file
-
+def _resume(s: _Session) -> tuple[int, int, int]:
+    """Load a checkpoint into the session (weights, EMA, optimizer, schedule, scaler, RNGs) -> (step, epoch, offset)."""
+    cfg, run_dir, unet_raw, model, ema = s.cfg, s.run_dir, s.unet, s.model, s.ema
     ckpts = list_checkpoints(run_dir)
     if not ckpts:
         raise V2WError("no complete checkpoint to resume from", path=run_dir / "checkpoints")
@@ -535,33 +590,34 @@ def _resume(cfg, run_dir, unet_raw, model, optimizer, lr_sched, accelerator, ema
             raise V2WError(f"no checkpoint {cfg.resume!r}; have {[p.name for _, p in ckpts]}", path=run_dir)
         step, path = match[0]
     state = read_json(path / "state.json")
-    sd = load_file(str(path / "model.safetensors"), device=str(next(unet_raw.parameters()).device))
+    sd = read_safetensors(path / "model.safetensors", device=next(unet_raw.parameters()).device)
     unet_raw.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("unet.")}, strict=True)
     if model.image_proj is not None:
         model.image_proj.load_state_dict({k[11:]: v for k, v in sd.items() if k.startswith("image_proj.")}, strict=True)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    lr_sched.load_state_dict(state["lr_scheduler"])
-    if state.get("grad_scaler") and accelerator.scaler is not None:
-        accelerator.scaler.load_state_dict(state["grad_scaler"])
+    s.optimizer.load_state_dict(read_torch(path / "optimizer.pt"))
+    s.lr_sched.load_state_dict(state["lr_scheduler"])
+    if state.get("grad_scaler") and s.accelerator.scaler is not None:
+        s.accelerator.scaler.load_state_dict(state["grad_scaler"])
     if ema is not None:
         if not (path / "ema.safetensors").exists():
             raise V2WError("the checkpoint has no EMA but --ema-decay is set; resume with --ema-decay 0", path=path)
-        shadow = load_file(str(path / "ema.safetensors"))
+        shadow = read_safetensors(path / "ema.safetensors")
         ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(ema.shadow_params)]
         ema.optimization_step = state["ema"]["optimization_step"]
     procs = {p["rank"]: p for p in state["processes"]}
+    rank = s.accelerator.process_index
     if rank not in procs:
         raise V2WError(f"the checkpoint was written by {len(procs)} process(es); resume with the same number", path=path)
     me = procs[rank]
-    _set_rng_state({k: torch.tensor(v, dtype=torch.uint8) for k, v in me["rng"].items()}, generator)
+    _set_rng_state({k: torch.tensor(v, dtype=torch.uint8) for k, v in me["rng"].items()}, s.generator)
     version, internal, gauss = me["python_random"]
     random.setstate((version, tuple(internal), gauss))
     return step, me["epoch"], me["offset"]
 
 
-def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> None:
-    from pipelines.models.world_model import WorldModel
-
+def _save_final(s: _Session, step: int) -> None:
+    """RUN/final: a MODEL with the EMA weights (or the raw ones) and what it was trained on."""
+    cfg, model, unet_raw, ema, params, manifest = s.cfg, s.model, s.unet, s.ema, s.params, s.stream.manifest
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
@@ -584,7 +640,7 @@ def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> N
         meta["fps"] = cfg.fs
         was = unet_raw.gradient_checkpointing
         unet_raw.gradient_checkpointing = False
-        WorldModel(unet_raw, model.vae, model.image_encoder, model.image_proj, model.empty_text, meta).save_pretrained(run_dir / "final")
+        WorldModel(unet_raw, model.vae, model.image_encoder, model.image_proj, model.empty_text, meta).save_pretrained(s.run_dir / "final")
         unet_raw.gradient_checkpointing = was
     finally:
         if ema is not None:
@@ -594,10 +650,7 @@ def _save_final(run_dir, cfg, model, unet_raw, ema, params, step, manifest) -> N
 def _preview(model, cfg, run_dir, step) -> None:
     """A short rollout from a val clip's first frame with its true actions, written as a gif
     (reference | prediction), so training progress can be watched as the world model behaves."""
-    from PIL import Image
-
-    from pipelines.data.stream import ClipStream
-    from pipelines.rollout import Roller, RolloutConfig
+    from PIL import Image  # only for previews
 
     try:
         clip = next(ClipStream(cfg.data, "val", 0, 0, 1, 1).samples())[2]

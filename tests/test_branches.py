@@ -237,7 +237,8 @@ def cf_env(tmp_path_factory, branch_raw):
 
 
 def test_batch_rollout_writes_counterfactuals_from_the_parent_context(cf_env, tmp_path):
-    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch
+    from pipelines.rollout import RolloutJob, run_batch
+    from pipelines.sampler import RolloutConfig
 
     data = read_all(cf_env / "data")
     job = RolloutJob(model=str(cf_env / "model"), out=str(tmp_path / "pred"), data=str(cf_env / "data"), limit=2,

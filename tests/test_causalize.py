@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from typer.testing import CliRunner
 
-from pipelines.causalize import CausalizeConfig, load_dynamicrafter_base, run
+from pipelines.causalize import CausalizeConfig, run
 from pipelines.errors import V2WError
 from pipelines.models.causal import (
     CausalTemporalConv3d,
@@ -18,6 +18,7 @@ from pipelines.models.causal import (
     extrapolation_matrix,
     transfer_temporal_kernel,
 )
+from pipelines.models.dynamicrafter import load_dynamicrafter_base
 from pipelines.models.surgery import causalize, check_causality, probe_inputs
 from pipelines.models.tiny import TINY_UNET, tiny_dynamicrafter_checkpoint, tiny_inference_config
 from pipelines.models.unet import VideoUNet
@@ -103,7 +104,7 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_lightning_checkpoint_loads_every_key(tiny_ckpt):
     path, yaml_path = tiny_ckpt
-    base, source = load_dynamicrafter_base(CausalizeConfig(ckpt=str(path), out=None, base_config=str(yaml_path)))
+    base, source = load_dynamicrafter_base(str(path), base_config=str(yaml_path))
     sd = tiny_dynamicrafter_checkpoint()["state_dict"]
     for key, value in base.unet.state_dict().items():
         assert torch.equal(value, sd[f"model.diffusion_model.{key}"]), key
@@ -146,20 +147,20 @@ def test_unexpected_key_and_damaged_files(tiny_ckpt, tmp_path):
     ck["state_dict"]["model.diffusion_model.extra.weight"] = torch.zeros(1)
     torch.save(ck, tmp_path / "extra.ckpt")
     with pytest.raises(V2WError, match=r"1 unexpected \(e\.g\. extra\.weight\)"):
-        load_dynamicrafter_base(CausalizeConfig(ckpt=str(tmp_path / "extra.ckpt"), out=None, base_config=str(yaml_path)))
+        load_dynamicrafter_base(str(tmp_path / "extra.ckpt"), base_config=str(yaml_path))
     ck = tiny_dynamicrafter_checkpoint()
     ck["state_dict"]["weird_buffer"] = torch.zeros(1)
     torch.save(ck, tmp_path / "weird.ckpt")
     with pytest.raises(V2WError, match="unexpected top-level keys .*weird_buffer"):
-        load_dynamicrafter_base(CausalizeConfig(ckpt=str(tmp_path / "weird.ckpt"), out=None, base_config=str(yaml_path)))
+        load_dynamicrafter_base(str(tmp_path / "weird.ckpt"), base_config=str(yaml_path))
     (tmp_path / "trunc.ckpt").write_bytes(path.read_bytes()[:4096])
-    with pytest.raises(V2WError, match=r"trunc\.ckpt: cannot read checkpoint"):
-        load_dynamicrafter_base(CausalizeConfig(ckpt=str(tmp_path / "trunc.ckpt"), out=None))
+    with pytest.raises(V2WError, match=r"trunc\.ckpt: checkpoint is truncated or corrupt"):
+        load_dynamicrafter_base(str(tmp_path / "trunc.ckpt"))
     torch.save({"state_dict": {}, "callback": nn.Linear(1, 1)}, tmp_path / "pickled.ckpt")
     with pytest.raises(V2WError, match="--unsafe-pickle"):
-        load_dynamicrafter_base(CausalizeConfig(ckpt=str(tmp_path / "pickled.ckpt"), out=None))
+        load_dynamicrafter_base(str(tmp_path / "pickled.ckpt"))
     with pytest.raises(V2WError, match="checkpoint not found"):
-        load_dynamicrafter_base(CausalizeConfig(ckpt=str(tmp_path / "nope.ckpt"), out=None))
+        load_dynamicrafter_base(str(tmp_path / "nope.ckpt"))
 
 
 def test_builtin_name_offline_is_one_clear_error(monkeypatch, tmp_path):

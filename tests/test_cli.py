@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-
-import numpy as np
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import write_npz
 from typer.testing import CliRunner

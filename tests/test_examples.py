@@ -103,7 +103,7 @@ elif stage == "eval":
     out.mkdir(parents=True, exist_ok=True)
 """
 
-PAPER = {  # DESIGN 6-8: clip length and context frames; the action width and format of each source
+PAPER = {  # docs/design.md §5, §6: clip length and context frames; the action width and format of each source
     "rt1": {"clip": "16", "context": "1", "adim": 13, "format": "npz"},
     "csgo": {"clip": "16", "context": "4", "adim": 51, "format": "hdf5"},
     "recon": {"clip": "20", "context": "4", "adim": 3, "format": "recon"},

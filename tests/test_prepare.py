@@ -279,7 +279,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_dataset(npz_src, tmp_path):
 def test_bad_options():
     for kw, msg in [({"clip_len": 0}, "--clip-len"), ({"val_fraction": 1.0}, "--val-fraction"), ({"store": "gif"}, "--store"), ({"action_kind": "x"}, "--action-kind")]:
         with pytest.raises(V2WError, match=msg):
-            PrepareConfig(sources=["x"], out="y", **kw).check()
+            PrepareConfig(sources=["x"], out="y", **kw)
 
 
 # ---------------------------------------------------------------- resume

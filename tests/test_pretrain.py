@@ -182,7 +182,7 @@ def test_vae_shift_and_init_from_a_base(base, tmp_path):
     assert vae["shift"] == 4 and set(vae["val_round_trip_by_shift_db"]) == {"0", "1", "2", "4", "8", "16"}
     assert res.report["config"]["init"] == str(root / "base")
     with pytest.raises(V2WError, match="vae-shift"):
-        PretrainConfig(data="d", out="o", vae_shift=-1).check()
+        PretrainConfig(data="d", out="o", vae_shift=-1)
     with pytest.raises(V2WError, match="pass the --arch the BASE was made with"):  # another architecture does not fit
         run(PretrainConfig(data=str(root / "data"), out=str(tmp_path / "b3"), arch="small", vae_steps=1, vae_batch_size=4,
                            steps=1, batch_size=2, device="cpu", init=str(root / "base")))

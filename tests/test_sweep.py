@@ -13,18 +13,17 @@ from typer.testing import CliRunner
 from pipelines.causalize import CausalizeConfig
 from pipelines.causalize import run as causalize_run
 from pipelines.errors import V2WError
+from pipelines.metrics.image import PSNR_CAP_DB
 from pipelines.models.checkpoint import ASSETS
 from pipelines.models.world_model import load_model
 from pipelines.rollout import (
-    PSNR_CAP_DB,
-    Roller,
-    RolloutConfig,
     RolloutJob,
     _per_frame_inputs,
     run_sweep,
     sweep_rows,
     sweep_spread,
 )
+from pipelines.sampler import Roller, RolloutConfig
 from v2w_cli.app import app
 
 SHIPPED = ASSETS / "tiny-world-model"  # 64x64, 18 discrete Boxing actions

@@ -17,8 +17,8 @@ from pipelines.data.prepare import run as prepare_run
 from pipelines.data.sample import make_atari_episodes
 from pipelines.diffusion import dynamic_rescale_table, make_scheduler
 from pipelines.errors import V2WError
-from pipelines.models.world_model import load_model
 from pipelines.models.action import shift_actions
+from pipelines.models.world_model import load_model
 from pipelines.train import TrainConfig, diffusion_forcing_loss, list_checkpoints, run
 from v2w_cli.app import app, normalize_argv
 

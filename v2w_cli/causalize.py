@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 from pathlib import Path
 
 import typer
@@ -51,7 +50,7 @@ def causalize(
     action_injection: str = typer.Option("time", "--action-injection", help="How actions enter the U-Net: time (added to the time embedding; the paper's) | scale-shift (AdaGN in every ResBlock) | tokens (per-frame cross-attention tokens)."),
     action_tokens: int = typer.Option(4, "--action-tokens", help="Tokens per frame for --action-injection tokens."),
     action_init_std: float = typer.Option(0.0, "--action-init-std", help="Std of the action encoder's last layer at init (0: zero, the paper's; the model starts as the base)."),
-    fps: int = typer.Option(None, "--fps", help="fps / frame-stride conditioning to train with (paper: 3)."),
+    fs: int = typer.Option(None, "--fs", "--fps", help="fps / frame-stride conditioning to train with (paper: 3); train's --fs."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the U-Net + Resampler (keep VAE, CLIP): the no-pretraining control."),
     check: bool = typer.Option(False, "--check", help="Print the causality probe table; without --out only probe."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow pickled objects in a trusted .ckpt."),
@@ -64,7 +63,7 @@ def causalize(
         ckpt=ckpt, out=str(out) if out else None, base_config=base_config, family=family, transfer=transfer,
         order=extrapolation_order, norm=norm, action_dim=action_dim, action_type=action_type,
         action_injection=action_injection, action_tokens=action_tokens, action_init_std=action_init_std,
-        check_only=check and out is None, unsafe_pickle=unsafe_pickle, fps=fps, from_scratch=from_scratch,
+        check_only=check and out is None, unsafe_pickle=unsafe_pickle, fs=fs, from_scratch=from_scratch,
     )
     log = (lambda msg: None) if (quiet or json_out) else (lambda msg: console.print(f"[dim]{msg}[/]"))
     with console.status("causalizing", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():

@@ -44,6 +44,9 @@ def pretrain(
     seed: int = typer.Option(0, "--seed"),
     save_every: int = typer.Option(500, "--save-every", help="U-Net checkpoint every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue: keep a finished VAE, resume the U-Net from its last checkpoint."),
+    resume_if_exists: bool = typer.Option(
+        False, "--resume-if-exists", help="Same as --resume, which already starts fresh when there is nothing to continue (as v2w train's flag)."
+    ),
     vae_time_limit: float = typer.Option(None, "--vae-time-limit", help="Minutes for the VAE stage; then it moves on."),
     time_limit: float = typer.Option(None, "--time-limit", help="Minutes for the U-Net stage; then it stops and exports."),
     half: bool = typer.Option(False, "--half", help="Store model.ckpt in float16 (half the size; loaders upcast)."),
@@ -59,7 +62,7 @@ def pretrain(
     cfg = PretrainConfig(
         data=str(data), out=str(out), arch=arch, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_lr=vae_lr,
         steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, precision=precision, seed=seed,
-        save_every=save_every, resume=resume, device=device, half=half, time_limit=time_limit, vae_time_limit=vae_time_limit,
+        save_every=save_every, resume=resume or resume_if_exists, device=device, half=half, time_limit=time_limit, vae_time_limit=vae_time_limit,
         vae_shift=vae_shift, init=init,
     )
     quiet = quiet or json_out

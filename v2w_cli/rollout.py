@@ -70,7 +70,8 @@ def rollout(
 ) -> None:
     from pipelines.data.video import parse_size
     from pipelines.errors import V2WError
-    from pipelines.rollout import RolloutConfig, RolloutJob, run_batch, run_interactive, run_sweep
+    from pipelines.rollout import RolloutJob, run_batch, run_interactive, run_sweep
+    from pipelines.sampler import RolloutConfig
 
     cfg = RolloutConfig(
         steps=steps, eta=eta, guidance=guidance, guidance_rescale=guidance_rescale, history_noise=history_noise,

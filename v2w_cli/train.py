@@ -16,6 +16,8 @@ Examples:
 
   v2w train --model models/rt1-causal --data data/rt1 --out runs/rt1 --resume          (continue from the last checkpoint)
 
+  v2w train --model models/rt1-causal --data data/rt1 --out runs/rt1 --resume-if-exists   (a preemptible job: the same command every time)
+
   v2w train ... --num-processes 4                       (4 GPUs on this machine; same as accelerate launch)
 
   accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 --main_process_ip HOST --num_processes 16 -m v2w_cli train ...
@@ -47,6 +49,10 @@ def train(
         help="Continue from the last complete checkpoint (--resume) or a given one (--resume step-N).",
         show_default=False,
     ),
+    resume_if_exists: bool = typer.Option(
+        False, "--resume-if-exists",
+        help="Continue from the last complete checkpoint if there is one, else start fresh (preemptible jobs).",
+    ),
     action_dropout: float = typer.Option(0.2, "--action-dropout", help="Per-frame action dropout."),
     cond_dropout: float = typer.Option(0.05, "--cond-dropout", help="Per-sample image-conditioning dropout."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16."),
@@ -71,7 +77,7 @@ def train(
     cfg = TrainConfig(
         model=str(model), data=str(data), out=str(out), steps=steps, batch_size=batch_size, grad_accum=grad_accum,
         lr=lr, new_layers_lr=new_layers_lr, weight_decay=weight_decay, warmup=warmup, lr_schedule=lr_schedule, seed=seed, save_every=save_every,
-        keep=keep, resume=resume, action_dropout=action_dropout, cond_dropout=cond_dropout,
+        keep=keep, resume=resume, resume_if_exists=resume_if_exists, action_dropout=action_dropout, cond_dropout=cond_dropout,
         precision=precision, ema_decay=ema_decay, grad_clip=grad_clip, gradient_checkpointing=gradient_checkpointing,
         train=train_set, log_every=log_every, preview_every=preview_every, fs=fs, device=device, time_limit=time_limit,
     )

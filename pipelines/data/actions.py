@@ -1,6 +1,6 @@
 """Action arrays: validation, one-hot ids, frame-rate resampling and running statistics.
 
-Convention (DESIGN 3): row t is the action taken *after* frame t, so an episode of T frames has
+Convention (docs/design.md §7): row t is the action taken *after* frame t, so an episode of T frames has
 T rows; sources that log T-1 rows (nothing after the last frame) are padded with one zero row,
 which is marked invalid and left out of the statistics.
 """

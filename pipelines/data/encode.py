@@ -25,6 +25,8 @@ from pipelines.data.prepare import load_manifest
 from pipelines.data.shards import SPLITS, ShardWriter, decode_sample, iter_shard, npy_bytes
 from pipelines.errors import V2WError
 from pipelines.fileio import sha256_file, write_json_atomic
+from pipelines.models.vae import encode_video
+from pipelines.models.world_model import load_model
 
 
 def model_fingerprint(model_path: str | os.PathLike) -> str:
@@ -44,8 +46,6 @@ def encode_latents(
     on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Add ``latents.npy`` to every clip of DATA using MODEL's VAE. Returns the updated manifest."""
-    from pipelines.models.world_model import load_model
-
     data = Path(data)
     manifest = load_manifest(data)
     h, w = manifest["resolution"]
@@ -104,6 +104,4 @@ def encode_latents(
 
 
 def _encode(vae, frames: torch.Tensor, scale: float) -> torch.Tensor:
-    from pipelines.models.vae import encode_video
-
     return encode_video(vae, frames, scale, chunk_size=16)

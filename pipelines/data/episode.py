@@ -10,7 +10,7 @@ A reader module in ``pipelines/data/sources/`` exposes three functions:
     Decode one episode: RGB uint8 frames and its actions. Raise ``V2WError(msg, path=...)``
     naming the file and the problem for anything unreadable or inconsistent.
 
-Action convention (DESIGN 3): row t is the action taken *after* frame t. A reader returns the
+Action convention (docs/design.md §7): row t is the action taken *after* frame t. A reader returns the
 rows the source has (T or T-1 of them); ``prepare`` pads and validates.
 """
 

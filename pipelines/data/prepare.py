@@ -1,4 +1,4 @@
-"""``v2w prepare``: raw video+action logs -> sharded WebDataset clips + manifest (DESIGN 3).
+"""``v2w prepare``: raw video+action logs -> sharded WebDataset clips + manifest (docs/design.md §7).
 
 Steps, per run:
   1. detect each source's format and list its episodes (cheap, nothing decoded);
@@ -20,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import hashlib
 import json
-
 import os
 import shutil
 import time
@@ -42,6 +41,7 @@ from pipelines.data.actions import (
 from pipelines.data.episode import ACTION_KINDS, EpisodeRef, SourceOptions
 from pipelines.data.shards import SPLITS, ShardWriter, clip_key, npy_bytes, shard_name
 from pipelines.data.sources import detect_format, reader
+from pipelines.data.sources.recon import ego_actions
 from pipelines.data.video import RESIZE_MODES, decode_video, encode_mp4, psnr_uint8, resize_frames
 from pipelines.errors import V2WError
 from pipelines.fileio import read_artifact, read_json, replace_dir, sha256_file, write_json_atomic
@@ -58,7 +58,7 @@ class PrepareConfig:
     size: tuple[int, int] | None = None  # (H, W) output frames; None = keep the source's
     resize: str = "crop"  # crop: cover (H, W) keeping aspect, center crop; stretch: per-axis scale
     fps: float | None = None  # output frame rate; None = keep the source's
-    clip_len: int = 16  # frames per clip (DESIGN 6: RT-1 16, CS:GO 16, RECON 20)
+    clip_len: int = 16  # frames per clip (docs/design.md §5: RT-1 16, CS:GO 16, RECON 20)
     stride: int | None = None  # frames between clip starts; None = clip_len (no overlap)
     val_fraction: float = 0.1  # fraction of *episodes* held out
     seed: int = 0  # split and episode order
@@ -74,7 +74,7 @@ class PrepareConfig:
     camera: str | None = None
     src_fps: float | None = None
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:  # every setting checked once, on construction
         if not self.sources:
             raise V2WError("no sources given; pass at least one file or folder")
         if self.clip_len < 1:
@@ -184,8 +184,6 @@ def _process_episode_unsafe(ref: EpisodeRef, cfg: PrepareConfig, skip_clips: int
         idx = resample_frame_indices(n, fps, cfg.fps)
         if "position" in ep.extra_meta and "yaw" in ep.extra_meta:
             # poses are exact at every frame: recompute ego-frame deltas between kept frames
-            from pipelines.data.sources.recon import ego_actions
-
             pos, yaw = np.asarray(ep.extra_meta["position"]), np.asarray(ep.extra_meta["yaw"])
             new = ego_actions(pos[idx], yaw[idx]).astype(np.float32)
             actions = np.concatenate([new, np.zeros((1, new.shape[1]), np.float32)])
@@ -427,7 +425,6 @@ def run(
     """Prepare a DATA folder. ``on_progress`` gets dicts with keys episodes_done, episodes_total,
     frames_done (decoded output frames), samples; ``log`` gets one-line notes (resume, skips)."""
     t0 = time.time()
-    cfg.check()
     log = log or (lambda msg: None)
     out = Path(cfg.out)
     if out.exists() and not (out / "manifest.json").exists() and any(out.iterdir()):

@@ -49,9 +49,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.data.video import encode_mp4
+from pipelines.data.video import encode_mp4, resize_frames
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_open, write_bytes_atomic, write_json_atomic
+from pipelines.metrics.image import psnr_from_mse
 
 # held alternatives, most visible first: the four moves (in an rng order), standing still, firing
 MOVES = ("UP", "DOWN", "LEFT", "RIGHT")
@@ -284,9 +285,6 @@ def emulator_gap(
     frames and each alternative's, both resized to ``size`` by stretching (as ``prepare --size HxW
     --resize stretch``). Keys: ``all``, ``hold`` (every held action), and one per label; each has
     psnr (mean), psnr_per_horizon, same (share of identical frame pairs) and n (branches)."""
-    from pipelines.data.video import resize_frames
-    from pipelines.metrics.image import psnr_from_mse
-
     _check_branch_args(branches or 1, clip_len, branch_context)
     vals: dict[str, list[np.ndarray]] = {}
     for _, obs, _, found, _ in _record(game, episodes, frames, frame_skip, seed, full_action_space,

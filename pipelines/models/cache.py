@@ -17,12 +17,15 @@ of the newest frame). Everything else in the U-Net works per frame and needs no 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterator
 
 import torch
 import torch.nn as nn
 
 from pipelines.errors import V2WError
+from pipelines.models.attention import CrossAttention, TemporalTransformer
+from pipelines.models.causal import CausalTemporalConv3d
 
 
 class ActivationCache:
@@ -37,21 +40,57 @@ class ActivationCache:
         self.frames = 0
 
 
+class LayerCache:
+    """The cache as one layer sees it inside an ``activation_cache`` block (``layer.activation_cache``)."""
+
+    def __init__(self, cache: ActivationCache, mode: str):
+        self.cache, self.mode = cache, mode
+
+    def keys_values(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Prepend the cached past to (k, v) of shape (N, T_new, D); append when in append mode.
+        Returns (k_all, v_all, number of past frames)."""
+        past = self.cache.store.get(id(module))
+        n_past = 0 if past is None else past[0].shape[1]
+        if past is not None:
+            if past[0].shape[0] != k.shape[0]:
+                raise V2WError(f"cached batch {past[0].shape[0]} != new batch {k.shape[0]}; rebuild the cache")
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+        if self.mode == "append":
+            self.cache.store[id(module)] = (k, v)
+        return k, v, n_past
+
+    def conv_input(self, module: nn.Module, x: torch.Tensor, context_frames: int) -> torch.Tensor:
+        """Prepend up to ``context_frames`` cached input frames to x (B, C, T, H, W), zero-padding
+        when fewer exist (the causal conv's left padding); append when in append mode."""
+        past = self.cache.store.get(id(module))
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], 0, *x.shape[3:])
+        full = torch.cat([past, x], dim=2)
+        if self.mode == "append":
+            self.cache.store[id(module)] = full[:, :, -context_frames:].detach() if context_frames else full[:, :, :0]
+        missing = context_frames - past.shape[2]
+        if missing > 0:
+            full = torch.nn.functional.pad(full, (0, 0, 0, 0, missing, 0))
+        else:
+            full = full[:, :, past.shape[2] - context_frames :]
+        return full
+
+
+_CACHED_LAYERS: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()  # per U-Net, found once
+
+
 @contextlib.contextmanager
 def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str) -> Iterator[ActivationCache]:
     """Attach ``cache`` to every temporal layer of ``unet`` for the forwards inside the block."""
-    from pipelines.models.attention import CrossAttention, TemporalTransformer
-    from pipelines.models.causal import CausalTemporalConv3d
-
     if mode not in ("append", "read"):
         raise ValueError(f"mode must be 'append' or 'read'. Got {mode!r}")
     config = getattr(unet, "config", None)
-    if config is not None and (not config.causal or config.temporal_norm != "per-frame"):
+    if config is not None and (not config.causal or not config.per_frame_norm):
         raise V2WError(
             "the activation cache needs a causal model with per-frame temporal norms (causalize with "
             "--norm per-frame); with pooled norms a new frame changes every history frame's activations"
         )
-    layers = getattr(unet, "_v2w_cached_layers", None)
+    layers = _CACHED_LAYERS.get(unet)
     if layers is None:  # found once per model: this runs at every denoising step
         layers = []
         for m in unet.modules():
@@ -59,44 +98,12 @@ def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str) -> Iter
                 layers.append(m)
             elif isinstance(m, TemporalTransformer):
                 layers += [mod for mod in m.modules() if isinstance(mod, CrossAttention)]
-        unet._v2w_cached_layers = layers
+        _CACHED_LAYERS[unet] = layers
+    bound = LayerCache(cache, mode)
     for m in layers:
-        m._v2w_cache = (cache, mode)
+        m.activation_cache = bound
     try:
         yield cache
     finally:
         for m in layers:
-            m._v2w_cache = None
-
-
-def cached_keys_values(module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Prepend the cached past to (k, v) of shape (N, T_new, D); append when in append mode.
-    Returns (k_all, v_all, number of past frames)."""
-    cache, mode = module._v2w_cache
-    past = cache.store.get(id(module))
-    n_past = 0 if past is None else past[0].shape[1]
-    if past is not None:
-        if past[0].shape[0] != k.shape[0]:
-            raise V2WError(f"cached batch {past[0].shape[0]} != new batch {k.shape[0]}; rebuild the cache")
-        k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
-    if mode == "append":
-        cache.store[id(module)] = (k, v)
-    return k, v, n_past
-
-
-def cached_conv_input(module: nn.Module, x: torch.Tensor, context_frames: int) -> torch.Tensor:
-    """Prepend up to ``context_frames`` cached input frames to x (B, C, T, H, W), zero-padding
-    when fewer exist (the causal conv's left padding); append when in append mode."""
-    cache, mode = module._v2w_cache
-    past = cache.store.get(id(module))
-    if past is None:
-        past = x.new_zeros(x.shape[0], x.shape[1], 0, *x.shape[3:])
-    full = torch.cat([past, x], dim=2)
-    if mode == "append":
-        cache.store[id(module)] = full[:, :, -context_frames:].detach() if context_frames else full[:, :, :0]
-    missing = context_frames - past.shape[2]
-    if missing > 0:
-        full = torch.nn.functional.pad(full, (0, 0, 0, 0, missing, 0))
-    else:
-        full = full[:, :, past.shape[2] - context_frames :]
-    return full
+            m.activation_cache = None

@@ -1,4 +1,4 @@
-"""Causal temporal layers and the weight maps that turn bidirectional ones into them (DESIGN 5).
+"""Causal temporal layers and the weight maps that turn bidirectional ones into them (docs/design.md §3).
 
 Pure functions first (easy to test alone), then the two modules the U-Nets swap in:
 
@@ -20,8 +20,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipelines.errors import V2WError
+
 TRANSFERS = ("shift", "masked", "extrapolative")
-NORMS = ("per-frame", "pooled")
+TEMPORAL_NORMS = ("per-frame", "pooled")
+
+
+def is_per_frame(temporal_norm: str) -> bool:
+    """The one check of a temporal-norm setting (``--norm``): True for per-frame, False for pooled."""
+    if temporal_norm not in TEMPORAL_NORMS:
+        raise V2WError(f"--norm must be one of {{{', '.join(TEMPORAL_NORMS)}}}. Got {temporal_norm!r}")
+    return temporal_norm == "per-frame"
 
 
 def extrapolation_matrix(half: int, order: int) -> np.ndarray:
@@ -68,6 +77,8 @@ class CausalTemporalConv3d(nn.Conv3d):
     Keeps the parameter names ``weight``/``bias`` so checkpoints keep their keys.
     """
 
+    activation_cache = None  # a LayerCache while pipelines.models.cache.activation_cache is active
+
     @classmethod
     def from_conv(cls, conv: nn.Conv3d, transfer: str = "extrapolative", order: int = 1) -> "CausalTemporalConv3d":
         kt = conv.kernel_size[0]
@@ -93,10 +104,8 @@ class CausalTemporalConv3d(nn.Conv3d):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "_v2w_cache", None) is not None:  # rollout: the last k-1 history inputs
-            from pipelines.models.cache import cached_conv_input
-
-            return super().forward(cached_conv_input(self, x, self.kernel_size[0] - 1))
+        if self.activation_cache is not None:  # rollout: the last k-1 history inputs
+            return super().forward(self.activation_cache.conv_input(self, x, self.kernel_size[0] - 1))
         # F.pad pads the last dims first: (w_left, w_right, h_top, h_bottom, t_front, t_back)
         return super().forward(F.pad(x, (0, 0, 0, 0, self.kernel_size[0] - 1, 0)))
 

@@ -1,6 +1,6 @@
 """Reading DynamiCrafter checkpoints: files, hub names, configs, and key bookkeeping.
 
-A DynamiCrafter Lightning checkpoint holds ``state_dict`` with these prefixes (DESIGN 4)::
+A DynamiCrafter Lightning checkpoint holds ``state_dict`` with these prefixes (docs/design.md §2)::
 
     model.diffusion_model.*   the video U-Net            -> VideoUNet
     first_stage_model.*       SD KL-f8 VAE               -> diffusers AutoencoderKL
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pipelines.errors import V2WError
-from pipelines.statedict import load_strict
+from pipelines.statedict import load_strict, read_safetensors, read_torch
 
 UNET_PREFIX = "model.diffusion_model."
 PREFIXES = {
@@ -129,31 +129,8 @@ def load_state_dict(source: str | os.PathLike | dict, unsafe_pickle: bool = Fals
         if not path.exists():
             raise V2WError("checkpoint not found", path=path)
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            try:
-                return load_file(str(path))
-            except Exception as e:
-                raise V2WError(f"cannot read safetensors ({e})", path=path) from None
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle, mmap=True)
-        except RuntimeError as e:
-            if "mmap" in str(e) or "zip" in str(e).lower():  # legacy (non-zip) format cannot be mmapped
-                try:
-                    sd = torch.load(path, map_location="cpu", weights_only=not unsafe_pickle)
-                except Exception as e2:
-                    raise V2WError(f"cannot read checkpoint ({str(e2).splitlines()[0]})", path=path) from None
-            else:
-                raise V2WError(f"cannot read checkpoint ({str(e).splitlines()[0]}); is it complete?", path=path) from None
-        except Exception as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if "weights_only" in str(e) or "Unsupported global" in str(e):
-                raise V2WError(
-                    "the checkpoint pickles more than tensors, and v2w does not unpickle untrusted code; "
-                    "if you trust the file, pass --unsafe-pickle",
-                    path=path,
-                ) from None
-            raise V2WError(f"cannot read checkpoint ({msg}); is it complete?", path=path) from None
+            return read_safetensors(path)
+        sd = read_torch(path, unsafe_pickle=unsafe_pickle, mmap=True)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -175,16 +152,24 @@ def split_by_prefix(sd: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, to
     return parts, dropped, unknown
 
 
+def read_yaml(path: str | os.PathLike, what: str = "config") -> dict:
+    """A DynamiCrafter inference YAML, parsed safely (no Python objects)."""
+    import yaml  # only checkpoint import needs YAML
+
+    path = Path(path)
+    if not path.exists():
+        raise V2WError(f"{what} not found", path=path)
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise V2WError(f"{what} is not valid YAML ({str(e).splitlines()[0]})", path=path) from None
+
+
 def unet_params_from_yaml(config: Any) -> dict:
     """DynamiCrafter inference YAML (path or parsed dict), or its unet_config.params dict -> params."""
     if isinstance(config, (str, os.PathLike)) and Path(config).suffix in (".yaml", ".yml"):
-        import yaml
-
-        path = Path(config)
-        if not path.exists():
-            raise V2WError("config not found", path=path)
-        with open(path) as f:
-            config = yaml.safe_load(f)
+        config = read_yaml(config)
     if not isinstance(config, dict):
         raise V2WError(f"config must be a YAML path, a dict or a built-in name. Got {config!r}")
     for keys in (("model", "params", "unet_config", "params"), ("unet_config", "params"), ("params",)):
@@ -199,24 +184,6 @@ def unet_params_from_yaml(config: Any) -> dict:
 def check_keys(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str, source: str) -> None:
     """Strict load of a DynamiCrafter part; a mismatch most often means another config."""
     load_strict(module, sd, what, source, against="the config", hint="Wrong --base-config?")
-
-
-def load_dynamicrafter_unet(checkpoint, config=None, **overrides):
-    """VideoUNet from a DynamiCrafter checkpoint (path / state dict), strict key check."""
-    from pipelines.models.unet import BUILTIN_CONFIGS, UNetConfig, VideoUNet
-
-    source = "<state dict>" if isinstance(checkpoint, dict) else str(checkpoint)
-    sd = load_state_dict(checkpoint)
-    unet_sd = {k[len(UNET_PREFIX) :]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)} or sd
-    unet_sd = rename_legacy_keys(unet_sd)
-    if config is None or (isinstance(config, str) and config in BUILTIN_CONFIGS):
-        params = {**UNetConfig().to_dict(), **BUILTIN_CONFIGS[config or "dynamicrafter-512"]}
-    else:
-        params = {**UNetConfig().to_dict(), **unet_params_from_yaml(config)}
-    with torch.device("meta"):
-        unet = VideoUNet(UNetConfig.from_dict(params), **overrides)
-    check_keys(unet, unet_sd, "U-Net", source)
-    return unet
 
 
 def rename_legacy_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

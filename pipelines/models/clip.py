@@ -1,4 +1,4 @@
-"""OpenCLIP ViT towers in OpenCLIP's own parameter layout (DESIGN 4), with no open_clip/torchvision.
+"""OpenCLIP ViT towers in OpenCLIP's own parameter layout (docs/design.md §2), with no open_clip/torchvision.
 
 DynamiCrafter conditions on two frozen OpenCLIP ViT-H/14 towers:
 
@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipelines.errors import V2WError
+from pipelines.statedict import load_strict
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -472,32 +473,18 @@ def _load_into(
     what: str,
     dtype: torch.dtype | None,
     device,
+    config_given: bool = False,
+    source: str | None = None,
 ) -> TowerLoad:
     with torch.device("meta"):
         module = make_module()
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    unexpected = sorted(set(unexpected) | (set(sub) - set(expected)))
-    missing = sorted(set(expected) - set(sub))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_listing(missing, prefix)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected, prefix)}")
-        raise V2WError(f"{what} checkpoint does not match the OpenCLIP layout: " + "; ".join(parts))
-    bad = [(k, tuple(sub[k].shape), s) for k, s in expected.items() if tuple(sub[k].shape) != s]
-    if bad:
-        shown = ", ".join(f"{prefix}{k} is {got} but the config needs {want}" for k, got, want in bad[:_MAX_LISTED])
-        more = f" (+{len(bad) - _MAX_LISTED} more)" if len(bad) > _MAX_LISTED else ""
-        raise V2WError(
-            f"{what} checkpoint has {len(bad)} shape mismatch(es) with config {module.config}: {shown}{more}. "
-            "Pass config=None to infer the config from the checkpoint."
-        )
-    # assign=True adopts the checkpoint tensors (no second copy); .to() then casts/moves if asked.
-    module.load_state_dict({k: sub[k] for k in expected}, strict=True, assign=True)
+    fix = "pass config=None to infer it from the checkpoint" if config_given else f"is the key prefix {prefix!r} right for this checkpoint?"
+    # a meta module adopts the checkpoint tensors (no second copy); .to() then casts/moves if asked.
+    load_strict(module, sub, f"{what} checkpoint", source, against="the OpenCLIP layout", hint=f"Config {module.config}; {fix}",
+                prefix=prefix, unused=sorted(unexpected))
     module.to(device=device, dtype=dtype)
     module.requires_grad_(False).eval()
-    loaded = sorted(prefix + k for k in expected)
+    loaded = sorted(prefix + k for k in sub)
     return TowerLoad(module, loaded, sorted(prefix + k for k in dropped))
 
 
@@ -510,6 +497,7 @@ def load_vision_tower(
     ignore_prefixes: Iterable[str] = (),
     dtype: torch.dtype | None = torch.float32,
     device=None,
+    source: str | None = None,
 ) -> TowerLoad:
     """Build an :class:`OpenCLIPVisionTower` from the ``prefix + "visual.*"`` keys of ``state_dict``.
 
@@ -519,7 +507,8 @@ def load_vision_tower(
     missing key and any shape mismatch raise V2WError. ``config=None`` infers it from the shapes
     (``heads`` as in :func:`infer_vision_config`). Returns ``(module, loaded_keys, dropped_keys)``,
     frozen and in eval mode, cast to ``dtype`` (None keeps the checkpoint's) on ``device``.
-    Parameters may share storage with ``state_dict`` when no cast/move is needed.
+    Parameters may share storage with ``state_dict`` when no cast/move is needed. ``source``: the
+    checkpoint file, named in errors.
     """
     sub = _strip(state_dict, prefix)
     if not sub:
@@ -535,9 +524,9 @@ def load_vision_tower(
             unexpected.append(k)
     if not visual:
         raise V2WError(f"no vision-tower keys: nothing starts with {prefix + 'visual.'!r}")
-    config = config or infer_vision_config(state_dict, prefix, heads=heads)
+    given, config = config is not None, config or infer_vision_config(state_dict, prefix, heads=heads)
     return _load_into(
-        lambda: OpenCLIPVisionTower(config), visual, dropped, unexpected, prefix, "vision tower", dtype, device
+        lambda: OpenCLIPVisionTower(config), visual, dropped, unexpected, prefix, "vision tower", dtype, device, given, source
     )
 
 
@@ -550,6 +539,7 @@ def load_text_tower(
     ignore_prefixes: Iterable[str] = (),
     dtype: torch.dtype | None = torch.float32,
     device=None,
+    source: str | None = None,
 ) -> TowerLoad:
     """Build an :class:`OpenCLIPTextTower` from the keys under ``prefix`` (see :func:`load_vision_tower`;
     only :data:`TEXT_DROPPED_KEYS` and ``ignore_prefixes``, e.g. ``("visual.",)`` for a full OpenCLIP
@@ -564,8 +554,8 @@ def load_text_tower(
             dropped.append(k)
         else:
             kept[k] = v
-    config = config or infer_text_config(state_dict, prefix, heads=heads)
-    return _load_into(lambda: OpenCLIPTextTower(config), kept, dropped, [], prefix, "text tower", dtype, device)
+    given, config = config is not None, config or infer_text_config(state_dict, prefix, heads=heads)
+    return _load_into(lambda: OpenCLIPTextTower(config), kept, dropped, [], prefix, "text tower", dtype, device, given, source)
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Causality probes for video networks (DESIGN 5, "Check"): perturb the future, watch the past.
+"""Causality probes for video networks (docs/design.md §3, "Check"): perturb the future, watch the past.
 
 * ``causality_probe(fn, x, k)``: ``fn`` maps a video x (B, C, T, H, W) to an output with the same
   frames on the same axis. Frames >= k of x get Gaussian noise; ``max_leak`` is the largest

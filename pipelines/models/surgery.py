@@ -1,4 +1,4 @@
-"""Causalization as explicit weight surgery (DESIGN 5): bidirectional VideoUNet -> causal VideoUNet.
+"""Causalization as explicit weight surgery (docs/design.md §3): bidirectional VideoUNet -> causal VideoUNet.
 
 ``causalize(unet, transfer, norm, action_dim)`` builds the causal architecture from the same
 config (causal temporal convs, lower-triangular temporal attention, per-frame or pooled temporal
@@ -23,9 +23,11 @@ from dataclasses import replace
 import torch
 
 from pipelines.errors import V2WError
-from pipelines.models.action import is_action_parameter
-from pipelines.models.causal import NORMS, TRANSFERS, CausalTemporalConv3d, FrameGroupNorm, transfer_temporal_kernel
-from pipelines.models.unet import TemporalTransformer, VideoUNet
+from pipelines.models.action import ActionEncoder, is_action_parameter
+from pipelines.models.attention import TEXT_TOKENS, SpatialTransformer
+from pipelines.models.causal import TRANSFERS, CausalTemporalConv3d, FrameGroupNorm, transfer_temporal_kernel
+from pipelines.models.probe import layered_causality_probe
+from pipelines.models.unet import ResBlock, TemporalConvBlock, TemporalTransformer, VideoUNet
 
 
 def causalize(
@@ -50,8 +52,6 @@ def causalize(
     """
     if transfer not in TRANSFERS:
         raise V2WError(f"--transfer must be one of {{{', '.join(TRANSFERS)}}}. Got {transfer!r}")
-    if norm not in NORMS:
-        raise V2WError(f"--norm must be one of {{{', '.join(NORMS)}}}. Got {norm!r}")
     if unet.config.causal:
         raise V2WError("the model is causal already; causalize a bidirectional base")
     cfg = replace(
@@ -62,7 +62,6 @@ def causalize(
     with torch.device("meta"):
         causal = VideoUNet(cfg)
     if action_dim:  # new layers get their real initialisation (zero last layer)
-        from pipelines.models.action import ActionEncoder
 
         causal.action_encoder = ActionEncoder(
             action_dim, causal.action_embed_dim, cfg.model_channels, action_type, init_std=action_init_std
@@ -138,7 +137,7 @@ def probe_inputs(unet: VideoUNet, frames: int | None = None, size: int | None = 
     inputs = {
         "x": torch.randn(1, c.in_channels, t, s, s, generator=g).to(**kw),
         "timesteps": torch.randint(0, 1000, (1, t), generator=g).to(p.device),
-        "context": torch.randn(1, 77 + t * c.image_tokens_per_frame, c.context_dim, generator=g).to(**kw)
+        "context": torch.randn(1, TEXT_TOKENS + t * c.image_tokens_per_frame, c.context_dim, generator=g).to(**kw)
         if c.context_dim else None,
     }
     if c.action_dim:
@@ -155,10 +154,6 @@ def check_causality(unet: VideoUNet, k: int | None = None, frames: int | None = 
     Returns {"k", "frames", "max_leak", "future_change", "per_layer": {type: leak}, "causal": bool}.
     Runs in eval mode (dropout would read as a leak) and restores the training flag.
     """
-    from pipelines.models.attention import SpatialTransformer
-    from pipelines.models.probe import layered_causality_probe
-    from pipelines.models.unet import ResBlock, TemporalConvBlock
-
     inputs = probe_inputs(unet, frames)
     t = inputs["x"].shape[2]
     k = k if k is not None else t // 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipelines.diffusion import make_scheduler, rescale_table
 from pipelines.models.checkpoint import SCHEDULE_BUFFERS
 from pipelines.models.clip import CLIPTextConfig, CLIPVisionConfig, OpenCLIPTextTower, OpenCLIPVisionTower
 from pipelines.models.resampler import Resampler
@@ -94,11 +95,12 @@ def tiny_inference_config() -> dict:
 
 
 def _schedule_buffers() -> dict[str, torch.Tensor]:
-    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
-    ac = np.cumprod(1 - betas)
+    """The DDPM buffers a DynamiCrafter checkpoint carries (its schedule has no zero-SNR rescale);
+    v2w drops them on load, so only their names and shapes matter here."""
+    sched = make_scheduler({"rescale_betas_zero_snr": False})
     buf = {name: torch.zeros(1000) for name in SCHEDULE_BUFFERS if name not in ("scale_factor", "logvar", "lvlb_weights")}
-    buf["betas"], buf["alphas_cumprod"] = torch.tensor(betas, dtype=torch.float32), torch.tensor(ac, dtype=torch.float32)
-    buf["scale_arr"] = torch.tensor(np.concatenate([np.linspace(1, 0.7, 400), np.full(600, 0.7)]), dtype=torch.float32)
+    buf["betas"], buf["alphas_cumprod"] = sched.betas.float(), sched.alphas_cumprod.float()
+    buf["scale_arr"] = rescale_table(None, 1000)
     return buf
 
 

@@ -24,8 +24,15 @@ from einops import rearrange
 
 from pipelines.errors import V2WError
 from pipelines.models.action import ACTION_INJECTIONS, ActionEncoder
-from pipelines.models.attention import SpatialTransformer, TemporalTransformer
-from pipelines.models.causal import CausalTemporalConv3d, FrameGroupNorm
+from pipelines.models.attention import TEXT_TOKENS, SpatialTransformer, TemporalTransformer
+from pipelines.models.causal import CausalTemporalConv3d, FrameGroupNorm, is_per_frame
+from pipelines.models.checkpoint import (
+    UNET_PREFIX,
+    check_keys,
+    load_state_dict,
+    rename_legacy_keys,
+    unet_params_from_yaml,
+)
 
 
 @dataclass
@@ -69,6 +76,27 @@ class UNetConfig:
     image_tokens_per_frame: int = 16
     action_injection: str = "time"  # time (Vid2World) | scale-shift (AdaGN in every ResBlock) | tokens (cross-attention)
     action_tokens: int = 4  # tokens per frame for action_injection "tokens"
+
+    def __post_init__(self):
+        is_per_frame(self.temporal_norm)  # validates
+        if self.action_injection not in ACTION_INJECTIONS:
+            raise V2WError(f"action_injection must be one of {{{', '.join(ACTION_INJECTIONS)}}}. Got {self.action_injection!r}")
+
+    @property
+    def per_frame_norm(self) -> bool:
+        """Temporal norms normalise each frame alone (exactly causal, and what the activation cache needs)."""
+        return is_per_frame(self.temporal_norm)
+
+    @classmethod
+    def from_dynamicrafter(cls, config=None, builtin: str | None = None) -> "UNetConfig":
+        """The config of a DynamiCrafter U-Net: ``config`` is a built-in name, an inference YAML (path or
+        parsed) or its ``unet_config.params``; it overrides the built-in ``builtin`` (default: the 512)."""
+        if isinstance(config, str) and config in BUILTIN_CONFIGS:
+            config, builtin = None, config
+        params = {**cls().to_dict(), **BUILTIN_CONFIGS[builtin or "dynamicrafter-512"]}
+        if config is not None:
+            params.update(unet_params_from_yaml(config))
+        return cls.from_dict(params)
 
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
@@ -267,16 +295,12 @@ class VideoUNet(nn.Module):
             raise V2WError("use_relative_position=True is not supported (DynamiCrafter's released configs use false)")
         if not c.temporal_selfatt_only:
             raise V2WError("temporal_selfatt_only=False is not supported (DynamiCrafter's released configs use true)")
-        if c.action_injection not in ACTION_INJECTIONS:
-            raise V2WError(f"action_injection must be one of {{{', '.join(ACTION_INJECTIONS)}}}. Got {c.action_injection!r}")
         if c.action_injection == "tokens" and c.action_dim and (c.action_tokens < 1 or not c.context_dim):
             raise V2WError("action_injection 'tokens' needs action_tokens >= 1 and a context_dim (cross-attention)")
-        if c.temporal_norm not in ("pooled", "per-frame"):
-            raise V2WError(f"temporal_norm must be one of {{pooled, per-frame}}. Got {c.temporal_norm!r}")
         if c.num_heads == -1 and c.num_head_channels == -1:
             raise V2WError("either num_heads or num_head_channels has to be set")
         self.gradient_checkpointing = False
-        per_frame = c.temporal_norm == "per-frame"
+        per_frame = c.per_frame_norm
         causal_attn = c.causal or c.use_causal_attention
         ted = c.model_channels * 4  # time embedding width
 
@@ -387,9 +411,13 @@ class VideoUNet(nn.Module):
         """Load the U-Net of a DynamiCrafter checkpoint (path or state dict) with zero missing and
         zero unexpected keys. ``config``: inference YAML path, its ``unet_config.params`` dict, or
         a built-in name (default: the 512 config)."""
-        from pipelines.models.checkpoint import load_dynamicrafter_unet
-
-        return load_dynamicrafter_unet(checkpoint, config, **overrides)
+        source = "<state dict>" if isinstance(checkpoint, dict) else str(checkpoint)
+        sd = load_state_dict(checkpoint)
+        unet_sd = {k[len(UNET_PREFIX) :]: v for k, v in sd.items() if k.startswith(UNET_PREFIX)} or sd
+        with torch.device("meta"):
+            unet = cls(UNetConfig.from_dynamicrafter(config), **overrides)
+        check_keys(unet, rename_legacy_keys(unet_sd), "U-Net", source)
+        return unet
 
     def _make_temporal_convs_causal(self, transfer: str, order: int = 1) -> list[str]:
         """Swap every temporal Conv3d for a causal one with the given weight transfer; returns names."""
@@ -432,8 +460,8 @@ class VideoUNet(nn.Module):
         if context is None:
             return None
         n_img = self.config.image_tokens_per_frame
-        if context.shape[1] == 77 + t * n_img:
-            text, img = context[:, :77], context[:, 77:]
+        if context.shape[1] == TEXT_TOKENS + t * n_img:
+            text, img = context[:, :TEXT_TOKENS], context[:, TEXT_TOKENS:]
             text = text.repeat_interleave(t, dim=0)
             img = rearrange(img, "b (t l) c -> (b t) l c", t=t)
             return torch.cat([text, img], dim=1)

@@ -1,5 +1,5 @@
 """Causalization of diffusers' ``UNet3DConditionModel`` (ModelScope text-to-video): a second base
-family next to DynamiCrafter, to show that DESIGN 5 is not tied to one code base.
+family next to DynamiCrafter, to show that docs/design.md §3 is not tied to one code base.
 
 Where the UNet3D mixes frames (everything else works on (B*T, C, H, W), one frame at a time):
 
@@ -14,7 +14,7 @@ Where the UNet3D mixes frames (everything else works on (B*T, C, H, W), one fram
   ``encoder_hidden_states`` to them). UNet3DConditionModel builds them without
   ``positional_embeddings``, so there is no temporal positional encoding; other configs of
   the class may set ``positional_embeddings="sinusoidal"`` (absolute, added before each
-  attention): the report lists such blocks, since DESIGN 5 says none.
+  attention): the report lists such blocks, since docs/design.md §3 says none.
 
 ``causalize_unet3d`` swaps, in place, each temporal Conv3d for ``CausalTemporalConv3d`` (weights
 transferred), each of those GroupNorms for ``FrameGroupNorm`` (same Parameter objects), and sets
@@ -29,7 +29,6 @@ action embeddings added to each frame's time embedding.
 from __future__ import annotations
 
 import warnings
-
 from pathlib import Path
 
 import torch
@@ -42,7 +41,9 @@ from diffusers.models.unets.unet_3d_condition import UNet3DConditionModel
 from torch import nn
 
 from pipelines.errors import V2WError
-from pipelines.models.causal import NORMS, TRANSFERS, CausalTemporalConv3d, FrameGroupNorm
+from pipelines.fileio import atomic_dir, write_json_atomic
+from pipelines.models.causal import TRANSFERS, CausalTemporalConv3d, FrameGroupNorm, is_per_frame
+from pipelines.models.model_folder import model_header, read_model_config
 
 __all__ = ["CausalTemporalAttnProcessor", "UNet3DWorldModel", "causalize_unet3d", "temporal_probe_spec"]
 
@@ -164,8 +165,7 @@ def causalize_unet3d(
     """
     if transfer not in TRANSFERS:
         raise V2WError(f"--transfer must be one of {', '.join(TRANSFERS)}. Got {transfer!r}")
-    if norm not in NORMS:
-        raise V2WError(f"--norm must be one of {', '.join(NORMS)}. Got {norm!r}")
+    per_frame = is_per_frame(norm)
     if not isinstance(order, int) or order < 0:
         raise V2WError(f"--order must be a non-negative integer. Got {order!r}")
     if transfer == "extrapolative" and order > 1:
@@ -183,7 +183,6 @@ def causalize_unet3d(
         raise V2WError(
             f"{type(unet).__name__} has no TemporalConvLayer or TransformerTemporalModel: not a diffusers UNet3D"
         )
-    per_frame = norm == "per-frame"
 
     def join(prefix: str, sub: str) -> str:
         return f"{prefix}.{sub}" if prefix and sub else prefix or sub
@@ -217,7 +216,7 @@ def causalize_unet3d(
     if pos:
         warnings.warn(
             f"{len(pos)} temporal transformer blocks add absolute positional embeddings over frames "
-            f"({pos[0]}, ...); DESIGN 5 assumes none. They are causal but tie frames to absolute positions.",
+            f"({pos[0]}, ...); docs/design.md §3 assumes none. They are causal but tie frames to absolute positions.",
             stacklevel=2,
         )
     report = {
@@ -398,24 +397,18 @@ def save_unet3d_model(model: UNet3DWorldModel, path, meta: dict, action_encoder:
     """Write MODEL atomically: diffusers ``save_pretrained`` of the causal weights + v2w config.json."""
     from safetensors.torch import save_file
 
-    from pipelines import __version__
-    from pipelines.fileio import atomic_dir, write_json_atomic
-    from pipelines.models.world_model import FORMAT_VERSION, MODEL_KIND
-
     with atomic_dir(path) as tmp:
         model.unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if action_encoder is not None:
             save_file({k: v.contiguous() for k, v in action_encoder.state_dict().items()}, str(tmp / "action_encoder.safetensors"))
-        cfg = {"kind": MODEL_KIND, "format_version": FORMAT_VERSION, "v2w_version": __version__, "family": "unet3d", **meta}
+        cfg = {**model_header("unet3d"), **meta}
         write_json_atomic(tmp / "config.json", cfg)
     return path
 
 
 def load_unet3d_model(path, device="cpu") -> UNet3DWorldModel:
     """Rebuild the causal architecture over the saved (already transferred) weights."""
-    from pipelines.fileio import read_json
-
-    cfg = read_json(Path(path) / "config.json")
+    cfg = read_model_config(path)
     unet = load_unet3d_base(str(Path(path) / "unet"))
     # the saved kernels are causal already: "shift" keeps them as they are
     model = UNet3DWorldModel.from_unet(unet, transfer="shift", norm=cfg.get("causalize", {}).get("norm", "per-frame"))

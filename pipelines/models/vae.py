@@ -1,4 +1,4 @@
-"""DynamiCrafter's first stage: the Stable Diffusion KL-f8 VAE as diffusers' ``AutoencoderKL`` (DESIGN 4).
+"""DynamiCrafter's first stage: the Stable Diffusion KL-f8 VAE as diffusers' ``AutoencoderKL`` (docs/design.md §2).
 
 The checkpoint stores it in LDM layout under ``first_stage_model.*`` (``encoder.down.0.block.0.
 norm1.weight``, ``encoder.mid.attn_1.q.weight`` as 1x1 convs, ...). :func:`load_vae` converts those
@@ -19,6 +19,7 @@ from typing import Mapping
 import torch
 
 from pipelines.errors import V2WError
+from pipelines.statedict import load_strict
 
 LATENT_SCALE = 0.18215
 _MAX_LISTED = 8
@@ -246,49 +247,38 @@ def load_vae(
     scaling_factor: float = LATENT_SCALE,
     dtype: torch.dtype | None = torch.float32,
     device=None,
+    source: str | None = None,
 ):
     """LDM-layout VAE keys under ``prefix`` -> (diffusers ``AutoencoderKL``, loaded checkpoint keys).
 
     ``ddconfig`` is DynamiCrafter's ``first_stage_config.params.ddconfig``; None infers it from the
     shapes (:func:`ldm_ddconfig_from_state_dict`). Every key under ``prefix`` must be consumed and
     every model parameter filled with the right shape, else V2WError lists the first offending keys.
-    The model is returned frozen, in eval mode, cast to ``dtype`` (None: float32).
+    The model is returned frozen, in eval mode, cast to ``dtype`` (None: float32). ``source``: the
+    checkpoint file, named in errors.
     """
     from diffusers import AutoencoderKL
 
     sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not sub:
         raise V2WError(f"no VAE keys: nothing in the checkpoint starts with {prefix!r}")
+    given = ddconfig is not None
     if ddconfig is None:
         ddconfig = ldm_ddconfig_from_state_dict(state_dict, prefix)
     config = vae_config_from_ldm(ddconfig, embed_dim=embed_dim, scaling_factor=scaling_factor)
-    new_sd, source = convert_ldm_vae_state_dict(sub, config)
+    new_sd, origin = convert_ldm_vae_state_dict(sub, config)
 
     vae = AutoencoderKL(**config)
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    unused = set(sub) - set(source.values())
-    unexpected = unused | {source[k] for k in new_sd if k not in expected}
-    missing = set(expected) - set(new_sd)
-    if missing or unexpected:
-        parts = []
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_listing(unexpected, prefix)}")
-        if missing:
-            parts.append(f"{len(missing)} missing diffusers parameter(s): {_listing(missing)}")
-        raise V2WError(f"VAE checkpoint does not match ddconfig {dict(ddconfig)}: " + "; ".join(parts))
-    bad = [(k, tuple(new_sd[k].shape), s) for k, s in expected.items() if tuple(new_sd[k].shape) != s]
-    if bad:
-        shown = ", ".join(
-            f"{prefix}{source[k]} (-> {k}) is {got} but the config needs {want}" for k, got, want in bad[:_MAX_LISTED]
-        )
-        raise V2WError(f"VAE checkpoint has {len(bad)} shape mismatch(es) with ddconfig {dict(ddconfig)}: {shown}")
-    vae.load_state_dict(new_sd, strict=True)  # copies (and casts) into the float32 model
+    unused = sorted(set(sub) - set(origin.values()))
+    hint = f"The ddconfig: {dict(ddconfig)}" + ("; if it is wrong, ddconfig=None infers it from the checkpoint" if given else "")
+    # copies (and casts) into the float32 model; missing keys are diffusers parameter names
+    load_strict(vae, new_sd, "VAE checkpoint", source, against="the ddconfig", hint=hint, prefix=prefix, unused=unused, origin=origin)
     if device is not None:
         vae.to(device=device)
     if dtype is not None and dtype != torch.float32:
         vae.to(dtype=dtype)
     vae.requires_grad_(False).eval()
-    loaded = sorted(prefix + source[k] for k in new_sd)
+    loaded = sorted(prefix + origin[k] for k in new_sd)
     return vae, loaded
 
 

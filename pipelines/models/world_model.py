@@ -23,25 +23,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pipelines import __version__
+from pipelines.diffusion import DEFAULT_SCHEDULE
 from pipelines.errors import V2WError
-from pipelines.fileio import atomic_dir, read_artifact, write_json_atomic
-from pipelines.statedict import load_strict, to_float32
+from pipelines.fileio import atomic_dir, write_json_atomic
+from pipelines.models.clip import CLIPVisionConfig, OpenCLIPVisionTower
+from pipelines.models.model_folder import model_header, read_model_config
+from pipelines.models.resampler import Resampler
 from pipelines.models.unet import UNetConfig, VideoUNet
+from pipelines.models.vae import decode_video, encode_video
+from pipelines.statedict import load_strict, read_safetensors, to_float32
 
-MODEL_KIND = "v2w-model"
-FORMAT_VERSION = 1
 LATENT_SCALE = 0.18215
-# DynamiCrafter / Vid2World noise schedule (DESIGN 6); the samplers build diffusers schedulers from it
-DEFAULT_SCHEDULE = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",  # linear in sqrt space
-    "rescale_betas_zero_snr": True,
-    "prediction_type": "v_prediction",
-    "dynamic_rescale": {"base_scale": 0.7, "turning_step": 400},
-}
 
 
 class WorldModel(nn.Module):
@@ -72,15 +64,11 @@ class WorldModel(nn.Module):
 
     def encode_frames(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/f, W/f), frame by frame (f = vae_factor)."""
-        from pipelines.models.vae import encode_video
-
         if self.vae is None:
             raise V2WError("this model has no VAE")
         return encode_video(self.vae, frames, self.meta["latent_scale"], sample=sample)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        from pipelines.models.vae import decode_video
-
         if self.vae is None:
             raise V2WError("this model has no VAE")
         return decode_video(self.vae, latents, self.meta["latent_scale"])
@@ -118,10 +106,7 @@ class WorldModel(nn.Module):
 
     def config_dict(self) -> dict:
         return {
-            "kind": MODEL_KIND,
-            "format_version": FORMAT_VERSION,
-            "v2w_version": __version__,
-            "family": "dynamicrafter",
+            **model_header("dynamicrafter"),
             "unet": self.unet.config.to_dict(),
             "vae": dict(self.vae.config) if self.vae is not None else None,
             "image_encoder": self.image_encoder.config.to_dict() if self.image_encoder is not None else None,
@@ -150,8 +135,6 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "WorldModel":
-        from safetensors.torch import load_file
-
         path = Path(path)
         cfg = read_model_config(path)
         device = torch.device(device)
@@ -161,7 +144,7 @@ class WorldModel(nn.Module):
             file = path / f"{name}.safetensors"
             if not file.exists():
                 raise V2WError(f"missing {file.name}; the model folder is incomplete", path=path)
-            return to_float32(load_file(str(file), device=str(device)))  # shipped models may be stored in fp16
+            return to_float32(read_safetensors(file, device))  # shipped models may be stored in fp16
 
         def strict(module: nn.Module, sd: dict, what: str) -> nn.Module:
             load_strict(module, sd, what, str(path), against="config.json", hint="the model folder is inconsistent")
@@ -177,13 +160,9 @@ class WorldModel(nn.Module):
             vae = strict(AutoencoderKL(**{k: v for k, v in cfg["vae"].items() if not k.startswith("_")}), weights("vae"), "VAE")
             vae.requires_grad_(False).eval()
         if cfg.get("image_encoder"):
-            from pipelines.models.clip import CLIPVisionConfig, OpenCLIPVisionTower
-
             image_encoder = strict(OpenCLIPVisionTower(CLIPVisionConfig(**cfg["image_encoder"])), weights("image_encoder"), "image encoder")
             image_encoder.requires_grad_(False).eval()
         if cfg.get("image_proj"):
-            from pipelines.models.resampler import Resampler
-
             image_proj = strict(Resampler(**cfg["image_proj"]), weights("image_proj"), "Resampler")
         if cfg.get("has_empty_text"):
             empty = weights("empty_text")["empty_text"]
@@ -191,17 +170,13 @@ class WorldModel(nn.Module):
         return cls(unet, vae, image_encoder, image_proj, empty, meta).eval()  # like from_pretrained elsewhere
 
 
-def read_model_config(path: str | os.PathLike) -> dict:
-    return read_artifact(path, "config.json", MODEL_KIND, FORMAT_VERSION, "`v2w causalize` or `v2w train`")
-
-
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Anything ``causalize`` or ``train`` wrote (DESIGN 9)."""
+    """Anything ``causalize`` or ``train`` wrote (docs/design.md §8)."""
     family = read_model_config(path).get("family", "dynamicrafter")
     if family == "dynamicrafter":
         return WorldModel.from_pretrained(path, device)
     if family == "unet3d":
-        from pipelines.models.unet3d import load_unet3d_model
+        from pipelines.models.unet3d import load_unet3d_model  # diffusers' UNet3D: only this family pays its import
 
         return load_unet3d_model(path, device)
     raise V2WError(f"unknown model family {family!r}", path=path)

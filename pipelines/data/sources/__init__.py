@@ -35,6 +35,7 @@ def detect_format(path: Path) -> str:
     for name in FORMATS:
         if reader(name).detect(path):
             return name
+    reader("videos").check_actions_files(path)  # videos, but none with its actions: name the first
     raise V2WError(
         "no known dataset layout found (videos with same-named .npy actions, .npz episodes, "
         "DIAMOND-style .hdf5, RECON trajectory folders, LeRobot v3 folder); pass --format to force one",

@@ -48,9 +48,11 @@ ACTION_NAMES = ["dx", "dy", "dyaw"]
 _IMAGE = re.compile(r"^(\d+)\.(jpe?g|png)$", re.IGNORECASE)
 
 try:  # numpy >= 2 moved the pickle helpers to numpy._core; numpy.core is a deprecated alias there
-    from numpy._core import multiarray as _multiarray, numeric as _numeric
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray, numeric as _numeric
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 # Exactly the globals a pickled dict of ndarrays / numpy scalars refers to (protocols 2-5, pickles
 # written by numpy 1.x or 2.x). Both module spellings map to the same object, so old pickles load

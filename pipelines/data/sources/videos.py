@@ -44,6 +44,19 @@ def detect(path: Path) -> bool:
     return any(v.with_suffix(".npy").exists() for v in _videos(path))
 
 
+def check_actions_files(path: Path) -> None:
+    """A video under ``path`` without its same-named ``.npy`` is an error naming the first such video
+    and the actions file it needs (auto-detection's diagnosis when no layout matched)."""
+    video = next((v for v in _videos(path) if not v.with_suffix(".npy").exists()), None)
+    if video is not None:
+        raise V2WError(
+            f"this video has no actions file: expected {video.with_suffix('.npy')} (np.save of a (T, A) float "
+            "or (T,) integer array, one row per frame). Add it, or move the video out of the source (or pass --format "
+            "if the source is another layout)",
+            path=video,
+        )
+
+
 def list_episodes(path: Path, options: SourceOptions) -> list[EpisodeRef]:
     refs = []
     root = path if path.is_dir() else path.parent

@@ -1,4 +1,4 @@
-"""Causalization of diffusers' UNet3DConditionModel (DESIGN 5) on a tiny random model, plus the
+"""Causalization of diffusers' UNet3DConditionModel (docs/design.md §3) on a tiny random model, plus the
 generic causality probe it is checked with."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from pipelines.models.unet import VideoUNet
 
-FIXTURE = Path(__file__).parent / "fixtures" / "unet_reference.safetensors"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "unet_reference.safetensors"
 
 
 def _uniform(name: str, n: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from pipelines.errors import V2WError
 from pipelines.models.action import ACTION_INJECTIONS, is_action_parameter
 from pipelines.models.surgery import check_causality, probe_inputs
 from pipelines.models.world_model import load_model
-from pipelines.rollout import Roller, RolloutConfig
+from pipelines.sampler import Roller, RolloutConfig
 from pipelines.train import TrainConfig, _param_groups, trainable_parameters
 
 MODES = ACTION_INJECTIONS
@@ -113,7 +113,7 @@ def test_action_init_std_gives_a_head_start(tmp_path):
 
 
 def test_bad_injection_is_a_clear_error(tmp_path):
-    with pytest.raises(V2WError, match="action_injection must be one of"):
+    with pytest.raises(V2WError, match="--action-injection must be one of"):
         causalize_run(CausalizeConfig(ckpt="tiny-random", out=str(tmp_path / "m"), action_dim=4, action_injection="film"))
     assert not (tmp_path / "m").exists()
 
@@ -150,4 +150,4 @@ def test_new_layers_lr_puts_the_action_layers_in_their_own_group(models):
     new_only = trainable_parameters(model, "new")
     assert {id(p) for p in new_only} == {id(p) for p in two[1]["params"]}
     with pytest.raises(V2WError, match="new-layers-lr"):
-        TrainConfig(model="", data="", out="", new_layers_lr=0.0).check()
+        TrainConfig(model="", data="", out="", new_layers_lr=0.0)

@@ -1,0 +1,329 @@
+"""Sampling a causal world model: DDIM for v-prediction, causal action guidance and the
+autoregressive roller (docs/design.md §6). Rollout, training previews and play all sample here.
+
+For each new frame:
+  1. history = the context frames and earlier predictions, each re-noised ONCE to
+     ``history_noise`` (q_sample of x0 * scale_arr[t_h], the training noising) when it joins the
+     history, and fed with that noise level as its per-frame timestep;
+  2. the new frame starts from pure noise and is denoised by DDIM (``steps``, trailing spacing,
+     ``eta``) with v-prediction and DynamiCrafter's dynamic rescale of the predicted x0 by
+     scale_arr[t_prev] / scale_arr[t];
+  3. causal action guidance: a second pass with only the newest frame's action zeroed,
+     v = v_u + s (v_c - v_u), then guidance rescale (diffusers' ``rescale_noise_cfg``); both
+     passes run as one batch;
+  4. past the window, the oldest history frames leave the window; the conditioning frame
+     (concat latent and CLIP image) is the first frame of the current window.
+
+Exact activation cache (``cache=True``, per-frame-norm models): history frames run through the
+U-Net once per window and their temporal keys/values and conv inputs are kept, so each denoising
+step computes only the new frame. When the window slides, the cache is rebuilt from the frames
+now in the window (a one-pass prefill), because every frame's activations depend on the frames
+before it in the window: cached and uncached rollouts stay equal to float precision at every
+frame. ``mode="full"`` instead denoises all new frames jointly (the bidirectional-style baseline).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from pipelines.diffusion import add_noise_per_frame, make_scheduler, rescale_per_frame, rescale_table
+from pipelines.errors import V2WError
+from pipelines.models.attention import TEXT_TOKENS
+from pipelines.models.cache import ActivationCache, activation_cache
+
+SAMPLING_MODES = ("autoregressive", "full")
+
+
+@dataclass
+class RolloutConfig:
+    """How to sample (``v2w rollout``'s flags of the same names)."""
+
+    steps: int = 50  # DDIM steps per frame
+    eta: float = 1.0  # DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like)
+    guidance: float = 2.5  # causal action guidance scale (1 = conditional only)
+    guidance_rescale: float = 0.7  # blend of the guided v with its std-matched version (0 = off)
+    history_noise: int = 20  # noise level of history frames
+    history_guidance: float = 0.0  # > 0: also guide against a pass without history (beyond the paper)
+    window: int | None = None  # frames in the model's view; None = training length
+    cache: bool | None = None  # exact activation cache; None = on for per-frame-norm models
+    mode: str = "autoregressive"  # autoregressive | full
+    seed: int = 0
+    fs: int | None = None  # fps conditioning; None = the model's
+
+    def __post_init__(self):
+        if self.mode not in SAMPLING_MODES:
+            raise V2WError(f"--mode must be one of {{{', '.join(SAMPLING_MODES)}}}. Got {self.mode!r}")
+        if self.steps < 1:
+            raise V2WError(f"--steps must be >= 1. Got {self.steps}")
+        if self.window is not None and self.window < 2:
+            raise V2WError(f"--window must be >= 2. Got {self.window}")
+        if not 0 <= self.history_noise < 1000:
+            raise V2WError(f"--history-noise must be in [0, 999]. Got {self.history_noise}")
+
+
+def ddim_step(
+    x_t: torch.Tensor,
+    v: torch.Tensor,
+    alpha: torch.Tensor,
+    alpha_prev: torch.Tensor,
+    eta: float,
+    noise: torch.Tensor | None,
+    x0_rescale: torch.Tensor | float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step for v-prediction -> (x_prev, predicted x0).
+
+    x0 = sqrt(a) x_t - sqrt(1 - a) v;  eps = sqrt(a) v + sqrt(1 - a) x_t;  x0 *= x0_rescale
+    sigma = eta sqrt((1 - a_prev) / (1 - a) (1 - a / a_prev))
+    x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma noise
+    """
+    a, ap = alpha, alpha_prev
+    x0 = a.sqrt() * x_t - (1 - a).sqrt() * v
+    eps = a.sqrt() * v + (1 - a).sqrt() * x_t
+    x0 = x0 * x0_rescale
+    sigma = eta * ((1 - ap) / (1 - a) * (1 - a / ap)).clamp(min=0).sqrt()
+    x_prev = ap.sqrt() * x0 + (1 - ap - sigma**2).clamp(min=0).sqrt() * eps
+    if eta > 0 and noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance on the newest action, then guidance rescale."""
+    from diffusers.guiders.guider_utils import rescale_noise_cfg  # diffusers is slow to import: only when sampling
+
+    v = v_uncond + scale * (v_cond - v_uncond)
+    return rescale_noise_cfg(v, v_cond, rescale) if rescale > 0 else v
+
+
+def randn(shape, generator) -> torch.Tensor:
+    """Standard normal noise of ``shape`` from one generator, or row by row from a list of them."""
+    if isinstance(generator, list):
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)
+
+
+class DDIM:
+    """The noise schedule seen by a sampler: DDIM timesteps, alphas_cumprod and the rescale table."""
+
+    def __init__(self, schedule: dict | None, steps: int, eta: float):
+        self.train_scheduler = make_scheduler(schedule)  # q_sample exactly as training noises
+        sched = make_scheduler(schedule, kind="ddim")
+        sched.set_timesteps(steps)
+        self.timesteps = [int(t) for t in sched.timesteps]
+        self.ac = sched.alphas_cumprod.float()
+        self.table = rescale_table(schedule, len(self.ac))
+        self.eta = eta
+
+    def renoise(self, z: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """Clean latents (B, 4, T, h, w) -> noised to level t, the way training noises them."""
+        ts = torch.full((z.shape[0], z.shape[2]), t, dtype=torch.long, device=z.device)
+        return add_noise_per_frame(self.train_scheduler, rescale_per_frame(self.table, z, ts), noise, ts)
+
+    def denoise(self, x: torch.Tensor, predict_v: Callable[[torch.Tensor, int], torch.Tensor], generator) -> torch.Tensor:
+        """The DDIM loop from pure noise x: ``predict_v(x, t)`` is the (guided) model."""
+        for i, t in enumerate(self.timesteps):
+            t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+            v = predict_v(x, t)
+            a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
+            rescale = self.table[max(t_prev, 0)] / self.table[t]
+            noise = randn(x.shape, generator).to(x) if self.eta > 0 else None
+            x, _ = ddim_step(x, v, a_t, a_prev, self.eta, noise, rescale)
+        return x
+
+
+class Roller:
+    """Rolls a WorldModel forward; holds the schedule, the cache and the timing."""
+
+    # one seed per batch row (None: one generator for the whole batch, seeded with cfg.seed): a row's
+    # noise then does not depend on the other rows in its batch, so two rollouts of one context under
+    # different actions (counterfactual branches, an action sweep) differ only by their actions
+    row_seeds: list[int] | None = None
+
+    def __init__(self, model, cfg: RolloutConfig):
+        self.model, self.cfg = model, cfg
+        model.eval()  # dropout would make the rollout random (and the cache inexact)
+        self.unet = model.unet
+        c = self.unet.config
+        exact = c.causal and c.per_frame_norm
+        if cfg.cache is None:
+            cfg.cache = exact and cfg.mode == "autoregressive"
+        if cfg.cache and not exact:
+            raise V2WError(
+                "--cache needs a causal model with per-frame temporal norms: with pooled norms every new frame "
+                "changes the history's activations, so nothing can be reused. Use --no-cache"
+            )
+        self.window = cfg.window or c.temporal_length
+        if self.window < 2:
+            raise V2WError(f"--window must be >= 2. Got {self.window}")
+        self.ddim = DDIM(model.meta.get("schedule"), cfg.steps, cfg.eta)
+        self.fs = cfg.fs if cfg.fs is not None else int(model.meta.get("fps", c.default_fs))
+        self.timing: list[float] = []
+        self.frame_passes = 0  # frames pushed through the U-Net (x batch): the compute, machine-independent
+
+    # ------------------------------------------------------------------ pieces
+
+    def renoise(self, z: torch.Tensor, generator) -> torch.Tensor:
+        """History frame (B, 4, 1, h, w) clean latent -> its fixed noised input at t_h."""
+        return self.ddim.renoise(z, self.cfg.history_noise, randn(z.shape, generator).to(z))
+
+    def _generators(self, batch: int):
+        """One generator for the batch, or one per row (``row_seeds``)."""
+        if self.row_seeds is None:
+            return torch.Generator().manual_seed(self.cfg.seed)
+        if len(self.row_seeds) != batch:
+            raise V2WError(f"{len(self.row_seeds)} row seeds for a batch of {batch}")
+        return [torch.Generator().manual_seed(int(s)) for s in self.row_seeds]
+
+    def _unet(self, x, ts, concat, ctx, actions, start: int, n: int):
+        """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w)."""
+        b = x.shape[0]
+        self.frame_passes += b * n
+        tokens = self.unet.config.image_tokens_per_frame
+        ctx_n = torch.cat([ctx[:, :TEXT_TOKENS], ctx[:, TEXT_TOKENS + start * tokens : TEXT_TOKENS + (start + n) * tokens]], dim=1)
+        inp = torch.cat([x, concat.expand(-1, -1, n, -1, -1)], dim=1)
+        fs = torch.full((b,), self.fs, dtype=torch.long, device=x.device)
+        return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions)
+
+    # ------------------------------------------------------------------ the loop
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context_latents: torch.Tensor,
+        context_pixels: torch.Tensor,
+        actions: torch.Tensor | None,
+        horizon: int,
+        on_frame=None,
+    ) -> torch.Tensor:
+        """context_latents (B, 4, C, h, w); context_pixels (B, 3, C, H, W) in [-1, 1];
+        actions (B, C + horizon, A) per-frame *inputs* (frame j's entry is a_{j-1}; already
+        normalised, or one-hot) or None. Returns predicted latents (B, 4, horizon, h, w)."""
+        cfg = self.cfg
+        b, _, n_ctx, _, _ = context_latents.shape
+        if actions is not None and actions.shape[1] < n_ctx + horizon:
+            raise V2WError(f"need {n_ctx + horizon} per-frame actions, got {actions.shape[1]}")
+        if cfg.mode == "full":
+            return self._rollout_full(context_latents, context_pixels, actions, horizon)
+        g = self._generators(b)
+        clean = [context_latents[:, :, i : i + 1] for i in range(n_ctx)]  # clean latents of every frame
+        noised = [self.renoise(z, g) for z in clean]
+        pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels we know
+        cache, cache_start, cached = ActivationCache(), None, 0
+        window_ctx, ctx_start = None, None
+        tokens = self.unet.config.image_tokens_per_frame
+        preds = []
+        for k in range(horizon):
+            t0 = time.perf_counter()
+            # 1. the window: the new frame and up to window - 1 frames before it
+            n = len(clean)  # index of the new frame
+            start = max(0, n - (self.window - 1))  # first frame in the window
+            hist = n - start
+            if start not in pixels:
+                pixels[start] = self.model.decode_latents(clean[start])[:, :, 0]
+            if ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
+                window_ctx, ctx_start = self.model.image_context(pixels[start], self.window), start
+            concat, ctx = clean[start], window_ctx[:, : TEXT_TOKENS + (hist + 1) * tokens]
+            acts = actions[:, start : n + 1] if actions is not None else None
+            # 2. the cache: history frames that joined the window since, one pass (both guidance halves)
+            if cfg.cache:
+                if cache_start != start:  # the window slid: every history activation changes
+                    cache.clear()
+                    cache_start, cached = start, 0
+                if cached < hist:
+                    x_add = torch.cat(noised[start + cached : n], dim=2)
+                    ts_add = torch.full((b, hist - cached), cfg.history_noise, dtype=torch.long, device=x_add.device)
+                    a_add = acts[:, cached:hist] if acts is not None else None
+                    with activation_cache(self.unet, cache, "append"):
+                        self._unet(*self._pair(x_add, ts_add, concat, ctx, a_add, None), cached, hist - cached)
+                    cached = hist
+            # 3. denoise the new frame from pure noise
+            x = randn(clean[0].shape, g).to(clean[0])
+            predict = lambda x_t, t: self._predict_new(  # noqa: E731
+                x_t, t, noised[start:n], concat, ctx, acts, cache if cfg.cache else None, hist)
+            x = self.ddim.denoise(x, predict, g)
+            # 4. it joins the history, re-noised once
+            clean.append(x)
+            noised.append(self.renoise(x, g))
+            preds.append(x)
+            self.timing.append(time.perf_counter() - t0)
+            if on_frame:
+                on_frame(k, self.timing[-1], horizon)
+        return torch.cat(preds, dim=2)
+
+    def _pair(self, x, ts, concat, ctx, acts, new_index):
+        """Duplicate inputs for the conditional and unconditional passes (batched together).
+        new_index: which frame's action the unconditional pass zeroes (None: none)."""
+        x2, ts2 = torch.cat([x, x]), torch.cat([ts, ts])
+        concat2, ctx2 = torch.cat([concat, concat]), torch.cat([ctx, ctx])
+        acts2 = None
+        if acts is not None:
+            uncond = acts.clone()
+            if new_index is not None:
+                uncond[:, new_index] = 0
+            acts2 = torch.cat([acts, uncond])
+        return x2, ts2, concat2, ctx2, acts2
+
+    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist) -> torch.Tensor:
+        """Guided v for the newest frame (B, 4, 1, h, w)."""
+        b = x_new.shape[0]
+        dev = x_new.device
+        guided = acts is not None and self.cfg.guidance != 1.0
+        if cache is not None:
+            ts = torch.full((b, 1), t, dtype=torch.long, device=dev)
+            a_new = acts[:, hist : hist + 1] if acts is not None else None
+            x2, ts2, c2, ctx2, a2 = self._pair(x_new, ts, concat, ctx, a_new, 0)
+            with activation_cache(self.unet, cache, "read"):
+                out = self._unet(x2, ts2, c2, ctx2, a2, hist, 1)
+        else:
+            x = torch.cat([*hist_noised, x_new], dim=2)
+            ts = torch.full((b, hist + 1), self.cfg.history_noise, dtype=torch.long, device=dev)
+            ts[:, -1] = t
+            x2, ts2, c2, ctx2, a2 = self._pair(x, ts, concat, ctx, acts, hist)
+            out = self._unet(x2, ts2, c2, ctx2, a2, 0, hist + 1)[:, :, -1:]
+        v_c, v_u = out[:b], out[b:]
+        v = guide(v_c, v_u, self.cfg.guidance, self.cfg.guidance_rescale) if guided else v_c
+        if self.cfg.history_guidance > 0 and hist > 0:
+            v = self._history_guided(v, x_new, t, concat, ctx, acts, hist)
+        return v
+
+    def _history_guided(self, v, x_new, t, concat, ctx, acts, hist):
+        """Guide against a pass that sees no history (the new frame alone): an anti-drift option."""
+        b = x_new.shape[0]
+        ts = torch.full((b, 1), t, dtype=torch.long, device=x_new.device)
+        a_new = acts[:, hist : hist + 1] if acts is not None else None
+        v_nohist = self._unet(x_new, ts, concat, ctx, a_new, hist, 1)
+        return v + self.cfg.history_guidance * (v - v_nohist)
+
+    def _rollout_full(self, context_latents, context_pixels, actions, horizon):
+        """All new frames denoised jointly with the context frames held at t_h (baseline)."""
+        cfg = self.cfg
+        b, _, n_ctx, _, _ = context_latents.shape
+        total = n_ctx + horizon
+        if total > self.window:
+            raise V2WError(f"--mode full needs context + horizon <= window ({n_ctx} + {horizon} > {self.window})")
+        g = self._generators(b)
+        hist = torch.cat([self.renoise(context_latents[:, :, i : i + 1], g) for i in range(n_ctx)], dim=2)
+        concat, ctx = context_latents[:, :, :1], self.model.image_context(context_pixels[:, :, 0], total)
+        x = randn((b, 4, horizon, *context_latents.shape[3:]), g).to(context_latents)
+        acts = actions[:, :total] if actions is not None else None
+
+        def predict(x_t, t):
+            ts = torch.full((b, total), cfg.history_noise, dtype=torch.long, device=x_t.device)
+            ts[:, n_ctx:] = t
+            inp = torch.cat([hist, x_t], dim=2)
+            if acts is None or cfg.guidance == 1.0:
+                return self._unet(inp, ts, concat, ctx, acts, 0, total)[:, :, n_ctx:]
+            uncond = acts.clone()
+            uncond[:, n_ctx:] = 0
+            out = self._unet(torch.cat([inp, inp]), torch.cat([ts, ts]), torch.cat([concat, concat]),
+                             torch.cat([ctx, ctx]), torch.cat([acts, uncond]), 0, total)[:, :, n_ctx:]
+            return guide(out[:b], out[b:], cfg.guidance, cfg.guidance_rescale)
+
+        t0 = time.perf_counter()
+        x = self.ddim.denoise(x, predict, g)
+        self.timing += [(time.perf_counter() - t0) / horizon] * horizon
+        return x
