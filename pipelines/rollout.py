@@ -121,18 +121,18 @@ def read_frames(path: str, size: tuple[int, int] | None, resize: str = "crop") -
     return frames
 
 
-def _to_pixels(frames_uint8, device) -> torch.Tensor:
+def to_pixels(frames_uint8, device) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (1, 3, T, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frames_uint8)).to(device).float().div(127.5).sub(1)
     return x.permute(3, 0, 1, 2)[None]
 
 
-def _to_uint8(x: torch.Tensor):
+def to_uint8(x: torch.Tensor):
     """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8 numpy."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
-def _model_size(model) -> tuple[int, int] | None:
+def model_size(model) -> tuple[int, int] | None:
     res = (model.meta.get("trained") or {}).get("resolution")
     return tuple(res) if res else None
 
@@ -146,19 +146,19 @@ def run_interactive(job: RolloutJob, cfg: RolloutConfig, on_frame=None) -> dict:
         raise V2WError("--actions acts.npy is required: one action per frame to predict")
     horizon = job.horizon or actions.shape[0]
     resize = (model.meta.get("trained") or {}).get("resize", "crop")  # as the training data was prepared
-    frames = read_frames(job.context, job.size or _model_size(model), resize)
+    frames = read_frames(job.context, job.size or model_size(model), resize)
     if frames.shape[0] < n_ctx:
         raise V2WError(f"{frames.shape[0]} context frame(s) but --context-frames {n_ctx}", path=job.context)
     frames = frames[:n_ctx]
-    _check_size(model, frames.shape[1:3], job.context)
-    pixels = _to_pixels(frames, job.device)
+    check_size(model, frames.shape[1:3], job.context)
+    pixels = to_pixels(frames, job.device)
     with torch.no_grad():
         latents = model.encode_frames(pixels)
         inputs = _per_frame_inputs(model, actions[:horizon][None], n_ctx)
         roller = Roller(model, cfg)
         pred = roller.rollout(latents, pixels, inputs.to(job.device), horizon, on_frame=on_frame)
         video = model.decode_latents(pred)
-    pred_u8 = _to_uint8(video)[0]
+    pred_u8 = to_uint8(video)[0]
     all_frames = np.concatenate([frames, pred_u8])
     out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def _per_frame_inputs(model, future_actions: torch.Tensor, n_ctx: int, context_a
     return shift_actions(rows)
 
 
-def _check_size(model, hw, path) -> None:
+def check_size(model, hw, path) -> None:
     factor = model.vae_factor * 2 ** (len(model.unet.config.channel_mult) - 1)
     if hw[0] % factor or hw[1] % factor:
         raise V2WError(f"frames are {hw[0]}x{hw[1]}; the model needs multiples of {factor} (pass --size HxW)", path=path)
@@ -267,7 +267,7 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
     horizon = job.horizon or manifest["clip_len"] - n_ctx
     if n_ctx + horizon > manifest["clip_len"]:
         raise V2WError(f"context {n_ctx} + horizon {horizon} > clip length {manifest['clip_len']}", path=job.data)
-    _check_size(model, manifest["resolution"], job.data)
+    check_size(model, manifest["resolution"], job.data)
     has_branches = bool(manifest.get("branches"))
     clips, branch_raw = [], []  # --limit counts factual clips; branches are decoded only when their parent is in
     for sh in split["shards"]:
@@ -322,7 +322,7 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
                 latents = model.encode_frames(pixels)
                 inputs = _action_inputs(model, acts, manifest) if c.action_dim else None
                 pred = roller.rollout(latents, pixels, inputs.to(job.device) if inputs is not None else None, horizon)
-                video = _to_uint8(model.decode_latents(pred))
+                video = to_uint8(model.decode_latents(pred))
             for i, (key, ctx, ref, actions, extra) in enumerate(chunk):
                 with atomic_open(out / name / f"{key}.npz") as f:
                     np.savez(f, context=ctx, pred=video[i], ref=ref, actions=actions, **extra)
@@ -476,13 +476,13 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
     else:
         labels, acts, about = _explicit_rows(model, rows, horizon)
     resize = (model.meta.get("trained") or {}).get("resize", "crop")
-    frames = read_frames(job.context, job.size or _model_size(model), resize)
+    frames = read_frames(job.context, job.size or model_size(model), resize)
     if frames.shape[0] < n_ctx:
         raise V2WError(f"{frames.shape[0]} context frame(s) but --context-frames {n_ctx}", path=job.context)
     frames = frames[:n_ctx]
-    _check_size(model, frames.shape[1:3], job.context)
+    check_size(model, frames.shape[1:3], job.context)
     t_start = time.perf_counter()
-    pixels = _to_pixels(frames, job.device)
+    pixels = to_pixels(frames, job.device)
     n_rows, bs = len(labels), max(1, job.batch_size)
     chunks = -(-n_rows // bs)
     roller = Roller(model, cfg)
@@ -504,7 +504,7 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
                 horizon,
                 on_frame=progress if on_frame else None,
             )
-            preds.append(_to_uint8(model.decode_latents(pred)))
+            preds.append(to_uint8(model.decode_latents(pred)))
     pred_u8 = np.concatenate(preds)  # (R, H, h, w, 3)
     all_frames = np.concatenate([np.repeat(frames[None], n_rows, axis=0), pred_u8], axis=1)  # (R, C+H, h, w, 3)
     seconds = time.perf_counter() - t_start

@@ -202,61 +202,36 @@ class Roller:
         """context_latents (B, 4, C, h, w); context_pixels (B, 3, C, H, W) in [-1, 1];
         actions (B, C + horizon, A) per-frame *inputs* (frame j's entry is a_{j-1}; already
         normalised, or one-hot) or None. Returns predicted latents (B, 4, horizon, h, w)."""
-        cfg = self.cfg
-        b, _, n_ctx, _, _ = context_latents.shape
+        n_ctx = context_latents.shape[2]
         if actions is not None and actions.shape[1] < n_ctx + horizon:
             raise V2WError(f"need {n_ctx + horizon} per-frame actions, got {actions.shape[1]}")
-        if cfg.mode == "full":
+        if self.cfg.mode == "full":
             return self._rollout_full(context_latents, context_pixels, actions, horizon)
-        g = self._generators(b)
-        clean = [context_latents[:, :, i : i + 1] for i in range(n_ctx)]  # clean latents of every frame
-        noised = [self.renoise(z, g) for z in clean]
-        pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels we know
-        cache, cache_start, cached = ActivationCache(), None, 0
-        window_ctx, ctx_start = None, None
-        tokens = self.unet.config.image_tokens_per_frame
+        stream = self.stream(context_latents, context_pixels, actions[:, :n_ctx] if actions is not None else None)
         preds = []
         for k in range(horizon):
             t0 = time.perf_counter()
-            # 1. the window: the new frame and up to window - 1 frames before it
-            n = len(clean)  # index of the new frame
-            start = max(0, n - (self.window - 1))  # first frame in the window
-            hist = n - start
-            if start not in pixels:
-                pixels[start] = self.model.decode_latents(clean[start])[:, :, 0]
-            if ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
-                window_ctx, ctx_start = self.model.image_context(pixels[start], self.window), start
-            concat, ctx = clean[start], window_ctx[:, : TEXT_TOKENS + (hist + 1) * tokens]
-            acts = actions[:, start : n + 1] if actions is not None else None
-            # 2. the cache: history frames that joined the window since, one pass (both guidance halves)
-            if cfg.cache:
-                if cache_start != start:  # the window slid: every history activation changes
-                    cache.clear()
-                    cache_start, cached = start, 0
-                if cached < hist:
-                    x_add = torch.cat(noised[start + cached : n], dim=2)
-                    ts_add = torch.full((b, hist - cached), cfg.history_noise, dtype=torch.long, device=x_add.device)
-                    a_add = acts[:, cached:hist] if acts is not None else None
-                    with activation_cache(self.unet, cache, "append"):
-                        self._unet(*self._pair(x_add, ts_add, concat, ctx, a_add, None), cached, hist - cached)
-                    cached = hist
-            # 3. denoise the new frame from pure noise
-            x = randn(clean[0].shape, g).to(clean[0])
-            predict = lambda x_t, t: self._predict_new(  # noqa: E731
-                x_t, t, noised[start:n], concat, ctx, acts, cache if cfg.cache else None, hist)
-            x = self.ddim.denoise(x, predict, g)
-            # 4. it joins the history, re-noised once
-            clean.append(x)
-            noised.append(self.renoise(x, g))
-            preds.append(x)
+            preds.append(stream.step(actions[:, n_ctx + k] if actions is not None else None))
             self.timing.append(time.perf_counter() - t0)
             if on_frame:
                 on_frame(k, self.timing[-1], horizon)
         return torch.cat(preds, dim=2)
 
+    def stream(self, context_latents, context_pixels, context_actions=None) -> "RolloutStream":
+        """An autoregressive rollout advanced one frame at a time (``v2w play``); ``rollout`` uses it too."""
+        if self.cfg.mode != "autoregressive":
+            raise V2WError("frame-by-frame rollout needs --mode autoregressive")
+        return RolloutStream(self, context_latents, context_pixels, context_actions)
+
+    def _guided(self, acts) -> bool:
+        return acts is not None and self.cfg.guidance != 1.0
+
     def _pair(self, x, ts, concat, ctx, acts, new_index):
-        """Duplicate inputs for the conditional and unconditional passes (batched together).
+        """Duplicate inputs for the conditional and unconditional passes (batched together); unguided
+        (guidance 1 or no actions) the inputs as they are: the unconditional half would be unused.
         new_index: which frame's action the unconditional pass zeroes (None: none)."""
+        if not self._guided(acts):
+            return x, ts, concat, ctx, acts
         x2, ts2 = torch.cat([x, x]), torch.cat([ts, ts])
         concat2, ctx2 = torch.cat([concat, concat]), torch.cat([ctx, ctx])
         acts2 = None
@@ -271,7 +246,7 @@ class Roller:
         """Guided v for the newest frame (B, 4, 1, h, w)."""
         b = x_new.shape[0]
         dev = x_new.device
-        guided = acts is not None and self.cfg.guidance != 1.0
+        guided = self._guided(acts)
         if cache is not None:
             ts = torch.full((b, 1), t, dtype=torch.long, device=dev)
             a_new = acts[:, hist : hist + 1] if acts is not None else None
@@ -284,8 +259,7 @@ class Roller:
             ts[:, -1] = t
             x2, ts2, c2, ctx2, a2 = self._pair(x, ts, concat, ctx, acts, hist)
             out = self._unet(x2, ts2, c2, ctx2, a2, 0, hist + 1)[:, :, -1:]
-        v_c, v_u = out[:b], out[b:]
-        v = guide(v_c, v_u, self.cfg.guidance, self.cfg.guidance_rescale) if guided else v_c
+        v = guide(out[:b], out[b:], self.cfg.guidance, self.cfg.guidance_rescale) if guided else out
         if self.cfg.history_guidance > 0 and hist > 0:
             v = self._history_guided(v, x_new, t, concat, ctx, acts, hist)
         return v
@@ -326,4 +300,70 @@ class Roller:
         t0 = time.perf_counter()
         x = self.ddim.denoise(x, predict, g)
         self.timing += [(time.perf_counter() - t0) / horizon] * horizon
+        return x
+
+
+class RolloutStream:
+    """One autoregressive rollout's state: every frame's clean latent, its fixed re-noised history
+    input, its per-frame action input, the pixels known so far and the activation cache.
+    ``step(action)`` predicts the next frame; the same calls in the same order draw the same noise,
+    so a stream fed the actions of a file reproduces ``Roller.rollout`` of that file exactly."""
+
+    def __init__(self, roller: Roller, context_latents, context_pixels, context_actions=None):
+        self.roller = r = roller
+        b, _, n_ctx = context_latents.shape[:3]
+        self.g = r._generators(b)
+        self.clean = [context_latents[:, :, i : i + 1] for i in range(n_ctx)]  # clean latents of every frame
+        self.noised = [r.renoise(z, self.g) for z in self.clean]
+        self.pixels = {i: context_pixels[:, :, i] for i in range(n_ctx)}  # frames whose pixels are known
+        uses_actions = context_actions is not None
+        self.actions = [context_actions[:, i] for i in range(n_ctx)] if uses_actions else None
+        self.cache, self.cache_start, self.cached = ActivationCache(), None, 0
+        self.window_ctx, self.ctx_start = None, None
+
+    @property
+    def frames(self) -> int:
+        return len(self.clean)
+
+    @torch.no_grad()
+    def step(self, action: torch.Tensor | None = None) -> torch.Tensor:
+        """The next frame's latent (B, 4, 1, h, w) given its action input (B, A) (a_{n-1} for frame n)."""
+        r, cfg = self.roller, self.roller.cfg
+        if (action is None) != (self.actions is None):
+            raise V2WError("pass an action for every frame when the context had actions, and none otherwise")
+        b = self.clean[0].shape[0]
+        tokens = r.unet.config.image_tokens_per_frame
+        # 1. the window: the new frame and up to window - 1 frames before it
+        n = len(self.clean)  # index of the new frame
+        start = max(0, n - (r.window - 1))  # first frame in the window
+        hist = n - start
+        if start not in self.pixels:
+            self.pixels[start] = r.model.decode_latents(self.clean[start])[:, :, 0]
+        if self.ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
+            self.window_ctx, self.ctx_start = r.model.image_context(self.pixels[start], r.window), start
+        concat, ctx = self.clean[start], self.window_ctx[:, : TEXT_TOKENS + (hist + 1) * tokens]
+        acts = None
+        if self.actions is not None:
+            self.actions.append(action)
+            acts = torch.stack(self.actions[start : n + 1], dim=1)
+        # 2. the cache: history frames that joined the window since, one pass (both guidance halves)
+        if cfg.cache:
+            if self.cache_start != start:  # the window slid: every history activation changes
+                self.cache.clear()
+                self.cache_start, self.cached = start, 0
+            if self.cached < hist:
+                x_add = torch.cat(self.noised[start + self.cached : n], dim=2)
+                ts_add = torch.full((b, hist - self.cached), cfg.history_noise, dtype=torch.long, device=x_add.device)
+                a_add = acts[:, self.cached : hist] if acts is not None else None
+                with activation_cache(r.unet, self.cache, "append"):
+                    r._unet(*r._pair(x_add, ts_add, concat, ctx, a_add, None), self.cached, hist - self.cached)
+                self.cached = hist
+        # 3. denoise the new frame from pure noise
+        x = randn(self.clean[0].shape, self.g).to(self.clean[0])
+        hist_noised = self.noised[start:n]
+        cache = self.cache if cfg.cache else None
+        x = r.ddim.denoise(x, lambda x_t, t: r._predict_new(x_t, t, hist_noised, concat, ctx, acts, cache, hist), self.g)
+        # 4. it joins the history, re-noised once
+        self.clean.append(x)
+        self.noised.append(r.renoise(x, self.g))
         return x

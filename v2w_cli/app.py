@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import causalize, encode, evaluate, info, prepare, pretrain, quickstart, rollout, train
+from v2w_cli import causalize, encode, evaluate, info, play, prepare, pretrain, quickstart, rollout, train
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ rollout.register(app)
 evaluate.register(app)
 info.register(app)
 quickstart.register(app)
+play.register(app)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

@@ -1,0 +1,117 @@
+"""Benchmark ``v2w play``: what a player gets, without the browser.
+
+Drives a :class:`~pipelines.play.PlaySession` of the shipped world model (or ``--model``) for
+``--frames`` frames per setting (enough to fill the window and slide it) and prints ms/frame and
+frames/s at several ``--steps`` / ``--guidance`` settings, next to the batch rollout's time per
+frame at ``v2w rollout``'s defaults (10 steps, guidance 2.5) measured in the same run (the
+baseline: ratios are against it). ``--threads`` sets torch's threads; ``--load`` keeps one core busy
+in a second process meanwhile (the browser's share of a 2-core machine). With ``--data DATA`` each
+setting is also scored the way ``v2w eval`` does on ``--limit`` clips (2 context frames): PSNR of
+the model and of copy-last, and the true - shuffled actions gap, LPIPS of the model and of copy-last.
+
+    python benchmarks/play.py [--settings 1x1,2x1,4x1,10x2.5] [--threads 1] [--load] [--data DATA --limit 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+def _spin(stop):
+    while not stop.is_set():
+        sum(i * i for i in range(10000))
+
+
+def speed(model, ctx, steps: int, guidance: float, frames: int) -> tuple[float, list[float]]:
+    from pipelines.play import PlaySession, PlaySettings
+
+    session = PlaySession(model, ctx, PlaySettings(steps=steps, guidance=guidance))
+    keys = [["ArrowRight"], ["ArrowUp"], [" "], [], ["ArrowLeft"], ["ArrowDown"]]
+    session.step(keys[0])  # warm-up
+    session.reset()
+    for i in range(frames):
+        session.step(keys[i % len(keys)])
+    return float(np.mean(session.ms)), session.ms
+
+
+def quality(model_path: str, data: str, limit: int, steps: int, guidance: float) -> dict:
+    from pipelines.evaluate import EvalConfig
+    from pipelines.evaluate import run as evaluate
+    from pipelines.rollout import RolloutJob, run_batch
+    from pipelines.sampler import RolloutConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_batch(RolloutJob(model=model_path, out=f"{tmp}/pred", data=data, split="train", limit=limit, context_frames=2,
+                             shuffle_actions=True, batch_size=16), RolloutConfig(steps=steps, guidance=guidance))
+        rep = evaluate(EvalConfig(pred=f"{tmp}/pred", out=f"{tmp}/rep", metrics=("psnr", "lpips"), baseline="copy-last"))
+    sets = rep["sets"]
+    return {"psnr": sets["model"]["psnr"], "copy_last": sets["copy-last"]["psnr"],
+            "gap": sets["model"]["psnr"] - sets["shuffled-actions"]["psnr"],
+            "lpips": sets["model"]["lpips"], "copy_last_lpips": sets["copy-last"]["lpips"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None, help="MODEL folder [default: the shipped world model]")
+    ap.add_argument("--settings", default="1x1,2x1,4x1,4x2.5,10x2.5", help="STEPSxGUIDANCE, comma-separated")
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--load", action="store_true", help="keep one core busy in another process meanwhile")
+    ap.add_argument("--data", default=None, help="DATA with fresh clips: also score each setting")
+    ap.add_argument("--limit", type=int, default=12)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from pipelines.models.checkpoint import shipped_world_model
+    from pipelines.models.world_model import load_model
+    from pipelines.sampler import Roller, RolloutConfig
+
+    path = args.model or str(shipped_world_model())
+    model = load_model(path)
+    h, w = (model.meta.get("trained") or {}).get("resolution") or (64, 64)
+    ctx = np.random.default_rng(0).integers(0, 255, (2, h, w, 3), dtype=np.uint8)
+    if args.data:
+        from pipelines.play import load_context
+
+        ctx, _ = load_context(model, data=args.data, context_frames=2)
+    stop = mp.Event()
+    spinner = mp.Process(target=_spin, args=(stop,), daemon=True) if args.load else None
+    if spinner:
+        spinner.start()
+    try:
+        # the baseline: a batch rollout of one stream at v2w rollout's defaults, same frames
+        pixels = torch.from_numpy(ctx).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        with torch.no_grad():
+            lat = model.encode_frames(pixels)
+        a = model.unet.config.action_dim
+        acts = torch.nn.functional.one_hot(torch.arange(2 + args.frames) % a, a).float()[None]
+        roller = Roller(model, RolloutConfig(steps=10, guidance=2.5))
+        t0 = time.perf_counter()
+        roller.rollout(lat, pixels, acts, args.frames)
+        base_ms = (time.perf_counter() - t0) / args.frames * 1000
+        print(f"threads {args.threads}{', one core busy in another process' if args.load else ''}; {args.frames} frames each")
+        print(f"baseline  v2w rollout (10 steps, guidance 2.5): {base_ms:7.0f} ms/frame  {1000 / base_ms:5.2f} frames/s")
+        for spec in args.settings.split(","):
+            steps, guidance = int(spec.split("x")[0]), float(spec.split("x")[1])
+            ms, per = speed(model, ctx, steps, guidance, args.frames)
+            line = (f"play      steps {steps:2d} guidance {guidance:3.1f}:     {ms:7.0f} ms/frame  {1000 / ms:5.2f} frames/s  "
+                    f"({base_ms / ms:4.1f}x the baseline; slowest frame {max(per):.0f} ms)")
+            if args.data:
+                q = quality(path, args.data, args.limit, steps, guidance)
+                line += (f"  PSNR {q['psnr']:.2f} (copy-last {q['copy_last']:.2f}), true-shuffled {q['gap']:+.3f} dB, "
+                         f"LPIPS {q['lpips']:.3f} (copy-last {q['copy_last_lpips']:.3f})")
+            print(line, flush=True)
+    finally:
+        stop.set()
+        if spinner:
+            spinner.join(timeout=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""``v2w play``: drive a world model from the keyboard in the browser."""
+
+from __future__ import annotations
+
+import typer
+
+from v2w_cli.common import console, handle_errors
+
+EXAMPLE = """
+Examples:
+
+  v2w play --model tiny                          (the shipped Boxing model, a fresh emulator start)
+
+  v2w play --model runs/atari/final --data data/boxing --clip episode_003-000040
+
+  v2w play --model runs/atari/final --context start.png --steps 2 --port 9000
+"""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("play", help="Play a world model live: keys -> actions -> the next frame, in the browser.\n" + EXAMPLE)(play)
+
+
+@handle_errors
+def play(
+    model: str = typer.Option(..., "--model", "-m", help="MODEL folder, or 'tiny' for the shipped Boxing world model."),
+    context: str = typer.Option(None, "--context", help="Image, video or .npy of context frames."),
+    data: str = typer.Option(None, "--data", help="DATA folder: start from one of its clips instead."),
+    clip: str = typer.Option(None, "--clip", help="With --data: the clip key [default: the first val clip]."),
+    context_frames: int = typer.Option(None, "--context-frames", help="Context frames [default: the model's, else 1]."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface, with a warning)."),
+    port: int = typer.Option(8765, "--port", help="Port to listen on."),
+    steps: int = typer.Option(1, "--steps", help="DDIM steps per frame (more: slower, a little sharper; see the README's table)."),
+    guidance: float = typer.Option(1.0, "--guidance", help="Causal action guidance (1 = off, half the compute)."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed (reset replays it)."),
+    tick: int = typer.Option(125, "--tick", help="Real-time mode: ms between frames at most."),
+    max_sessions: int = typer.Option(2, "--max-sessions", help="Browser tabs served at once."),
+    record_dir: str = typer.Option("play-recordings", "--record-dir", help="Where the record button writes."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (1 degrades gracefully when the browser is busy)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+) -> None:
+    import torch
+
+    from pipelines.errors import V2WError
+    from pipelines.models.checkpoint import shipped_world_model
+    from pipelines.models.world_model import load_model
+    from pipelines.play import KeyBindings, PlaySettings, load_context
+    from pipelines.play_server import ServerConfig, make_app, serve
+
+    if max_sessions < 1 or steps < 1 or tick < 1 or threads < 1:
+        raise V2WError("--max-sessions, --steps, --tick and --threads must be >= 1")
+    torch.set_num_threads(threads)
+    path = str(shipped_world_model()) if model == "tiny" else model
+    m = load_model(path, device)
+    KeyBindings.for_model(m)  # a MODEL without actions: refused now, not when a tab connects
+    if context is None and data is None and model == "tiny":
+        context = _fresh_boxing_start(context_frames or 2)
+        context_frames = context_frames or 2
+    frames, what = load_context(m, context, data, clip, context_frames)
+    settings = PlaySettings(steps=steps, guidance=guidance, seed=seed)
+    server = ServerConfig(host=host, port=port, max_sessions=max_sessions, tick_ms=tick, record_dir=record_dir)
+    app = make_app(m, frames, settings, server, model_name=path, device=device, context_name=what)
+    serve(app, server, log=lambda msg: console.print(msg))
+
+
+def _fresh_boxing_start(n: int) -> str:
+    """The first frames of a fresh Boxing episode (ale-py), as an .npy in a temp folder."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from pipelines.data.sample import make_atari_episodes
+
+    tmp = Path(tempfile.mkdtemp(prefix="v2w-play-"))
+    make_atari_episodes(tmp / "raw", episodes=1, frames=max(n, 8), seed=4242, game="boxing")
+    from pipelines.data.video import decode_video
+
+    video = sorted((tmp / "raw").glob("*.mp4"))[0]
+    frames, _ = decode_video(video)
+    np.save(tmp / "context.npy", np.ascontiguousarray(frames[:n]), allow_pickle=False)
+    return str(tmp / "context.npy")
