@@ -103,7 +103,11 @@ def make_app(model, context: np.ndarray, settings: PlaySettings, server: ServerC
                 "window": session.roller.window, "frame": png_base64(session.frames[-1]),
             })
             while True:
-                msg = await ws.receive_json()
+                try:
+                    msg = await ws.receive_json()
+                except ValueError:  # not JSON: say so, keep the session
+                    await ws.send_json({"type": "error", "message": "messages are JSON objects: {\"type\": \"step\", \"keys\": [...]}"})
+                    continue
                 kind = msg.get("type") if isinstance(msg, dict) else None
                 if kind == "step":
                     keys = [str(k) for k in msg.get("keys", [])][:8] if isinstance(msg.get("keys"), list) else []

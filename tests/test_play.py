@@ -121,6 +121,8 @@ def test_server_sessions_limit_and_protocol(rollout_env, tmp_path):
         assert ws.receive_json()["index"] == 0
         ws.send_json({"type": "nope"})
         assert ws.receive_json()["type"] == "error"
+        ws.send_text("not json")
+        assert "JSON" in ws.receive_json()["message"]
     time.sleep(0.2)
     assert not app.state.sessions  # the closed tab freed its session
     with client.websocket_connect("/ws") as ws:
