@@ -154,7 +154,11 @@ def _reinitialized(base, log):
 def _run_unet3d(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
     if cfg.action_injection != "time" or cfg.action_init_std:
         raise V2WError("--family unet3d supports only --action-injection time (and a zero-initialised encoder)")
-    from pipelines.models.unet3d import UNet3DWorldModel, load_unet3d_base, save_unet3d_model  # diffusers' UNet3D: only this family pays its import
+    from pipelines.models.unet3d import (  # diffusers' UNet3D: only this family pays its import
+        UNet3DWorldModel,
+        load_unet3d_base,
+        save_unet3d_model,
+    )
 
     unet = load_unet3d_base(cfg.ckpt)
     model = UNet3DWorldModel.from_unet(unet, cfg.transfer, cfg.norm, cfg.order)

@@ -34,7 +34,7 @@ import torch
 
 from pipelines.data.prepare import load_manifest
 from pipelines.data.shards import decode_sample, iter_shard
-from pipelines.data.video import encode_mp4
+from pipelines.data.video import encode_mp4, resize_frames
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, write_json_atomic
 from pipelines.rollout import action_names, check_size, model_size, normalize_actions, read_frames, to_pixels, to_uint8
@@ -176,8 +176,6 @@ def load_context(model, context: str | None = None, data: str | None = None, cli
             raise V2WError(f"no clip {clip!r} in the val or train split" if clip else "no clips", path=data)
         size = model_size(model)
         if size is not None and tuple(frames.shape[1:3]) != tuple(size):
-            from pipelines.data.video import resize_frames
-
             frames = resize_frames(frames, size, resize)
     if frames.shape[0] < n_ctx:
         raise V2WError(f"{frames.shape[0]} context frame(s) but {n_ctx} needed (--context-frames)", path=context or data)
@@ -263,7 +261,7 @@ class PlaySession:
                 "model": self.model_name,
                 "context_frames": int(self.context.shape[0]),
                 "horizon": self.step_index,
-                "settings": {**asdict(self.roller.cfg)},
+                "settings": asdict(self.roller.cfg),
                 "window": self.roller.window,
                 "actions": [a if isinstance(a, int) else [float(v) for v in a] for a in self.actions],
                 "action_labels": self.labels,

@@ -81,3 +81,16 @@ def test_library_never_imports_the_cli():
     for path in (ROOT / "pipelines").rglob("*.py"):
         names = imported_names(path, module_name(path).rpartition(".")[0])
         assert not any(n.split(".")[0] == "v2w_cli" for n in names), f"{path} imports the CLI"
+
+
+def test_library_modules_import_each_other_at_the_top():
+    """Imports of library modules inside functions hide the graph; the only ones allowed load
+    diffusers' UNet3D family, which only that family should pay for."""
+    lazy = []
+    for path in (ROOT / "pipelines").rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipelines"):
+                        lazy.append((str(path.relative_to(ROOT)), node.module))
+    assert lazy and all(mod == "pipelines.models.unet3d" for _, mod in lazy), lazy

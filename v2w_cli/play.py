@@ -71,11 +71,10 @@ def _fresh_boxing_start(n: int) -> str:
     import numpy as np
 
     from pipelines.data.sample import make_atari_episodes
+    from pipelines.data.video import decode_video
 
     tmp = Path(tempfile.mkdtemp(prefix="v2w-play-"))
     make_atari_episodes(tmp / "raw", episodes=1, frames=max(n, 8), seed=4242, game="boxing")
-    from pipelines.data.video import decode_video
-
     video = sorted((tmp / "raw").glob("*.mp4"))[0]
     frames, _ = decode_video(video)
     np.save(tmp / "context.npy", np.ascontiguousarray(frames[:n]), allow_pickle=False)
