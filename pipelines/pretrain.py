@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pipelines import __version__
 from pipelines.data.prepare import load_manifest
 from pipelines.data.stream import ClipStream
+from pipelines.devices import resolve_device
 from pipelines.errors import V2WError
 from pipelines.fileio import read_json, write_bytes_atomic, write_json_atomic
 from pipelines.models.clip import compute_empty_text_context
@@ -96,12 +97,6 @@ class PretrainConfig:
 class PretrainResult:
     out: Path
     report: dict
-
-
-def _device(cfg: PretrainConfig) -> torch.device:
-    if cfg.device:
-        return torch.device(cfg.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _frames(samples, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -212,7 +207,7 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
     factor = 2 ** (len(ddconfig["ch_mult"]) - 1) * 2 ** (len(unet_params["channel_mult"]) - 1)
     if h % factor or w % factor:
         raise V2WError(f"frames are {h}x{w}; --arch {cfg.arch} needs sizes divisible by {factor}; re-prepare with --size", path=cfg.data)
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     work.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from pipelines import __version__
 from pipelines.data.stream import ClipStream, collate
+from pipelines.devices import resolve_device
 from pipelines.diffusion import (
     add_noise_per_frame,
     make_scheduler,
@@ -88,7 +89,7 @@ class TrainConfig:
     preview_every: int = 0  # 0 = no previews
     shuffle_buffer: int = 64
     fs: int = 3  # frame-stride / fps conditioning (docs/design.md §5)
-    device: str | None = None  # None: accelerate decides (GPU if there is one)
+    device: str | None = None  # None / "auto": the GPU when there is one (accelerate decides); "cpu"; "cuda"
     noise_levels: str = "per-frame"  # per-frame (Diffusion Forcing) | shared (video diffusion: `v2w pretrain`)
     time_limit: float | None = None  # minutes: stop after the step that crosses it, save, write final/
 
@@ -110,6 +111,8 @@ class TrainConfig:
             raise V2WError(f"--new-layers-lr must be > 0. Got {self.new_layers_lr}")
         if not 0 <= self.ema_decay < 1:
             raise V2WError(f"--ema-decay must be in [0, 1). Got {self.ema_decay}")
+        if self.device not in (None, "auto"):
+            resolve_device(self.device)  # a GPU that is not there: one line now, not a CUDA traceback later
         if self.resume and self.resume_if_exists:
             raise V2WError(f"pass --resume ({self.resume}) or --resume-if-exists, not both")
 

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 def encode(
     data: Path = typer.Argument(..., help="DATA folder written by v2w prepare."),
     model: Path = typer.Option(..., "--model", "-m", help="MODEL folder whose VAE encodes the frames."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest's latents entry as JSON."),
 ) -> None:
@@ -35,7 +35,9 @@ def encode(
 
 def run_encode(data: Path, model: Path, device: str, quiet: bool) -> dict:
     from pipelines.data.encode import encode_latents
+    from pipelines.devices import resolve_device
 
+    device = str(resolve_device(device))
     t0 = time.time()
     with progress_bar(quiet, unit="clips") as bar:
         task = bar.add_task("encode", total=None, rate="")

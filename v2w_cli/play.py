@@ -37,10 +37,11 @@ def play(
     max_sessions: int = typer.Option(2, "--max-sessions", help="Browser tabs served at once."),
     record_dir: str = typer.Option("play-recordings", "--record-dir", help="Where the record button writes."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 degrades gracefully when the browser is busy)."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
 ) -> None:
     import torch
 
+    from pipelines.devices import resolve_device
     from pipelines.errors import V2WError
     from pipelines.models.checkpoint import shipped_world_model
     from pipelines.models.world_model import load_model
@@ -50,6 +51,7 @@ def play(
     if max_sessions < 1 or steps < 1 or tick < 1 or threads < 1:
         raise V2WError("--max-sessions, --steps, --tick and --threads must be >= 1")
     torch.set_num_threads(threads)
+    device = str(resolve_device(device))
     path = str(shipped_world_model()) if model == "tiny" else model
     m = load_model(path, device)
     KeyBindings.for_model(m)  # a MODEL without actions: refused now, not when a tab connects

@@ -52,7 +52,7 @@ def pretrain(
     half: bool = typer.Option(False, "--half", help="Store model.ckpt in float16 (half the size; loaders upcast)."),
     vae_shift: int = typer.Option(0, "--vae-shift", help="Translate each VAE training frame by up to N px (wrap-around) so moved/scrolled views round-trip."),
     init: str = typer.Option(None, "--init", help="Start the VAE and U-Net from this BASE folder (or tiny) instead of random: continue pretraining on new data."),
-    device: str = typer.Option(None, "--device", help="cpu to force the CPU (default: GPU when there is one)."),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print pretrain.json on stdout."),
 ) -> None:

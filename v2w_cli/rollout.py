@@ -64,11 +64,12 @@ def rollout(
     cache: bool = typer.Option(None, "--cache/--no-cache", help="Exact activation cache [default: on for per-frame-norm models]."),
     mode: str = typer.Option("autoregressive", "--mode", help="autoregressive | full (all frames jointly; baseline)."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     json_out: bool = typer.Option(False, "--json", help="Print rollout.json on stdout."),
 ) -> None:
     from pipelines.data.video import parse_size
+    from pipelines.devices import resolve_device
     from pipelines.errors import V2WError
     from pipelines.rollout import RolloutJob, run_batch, run_interactive, run_sweep
     from pipelines.sampler import RolloutConfig
@@ -80,7 +81,7 @@ def rollout(
     job = RolloutJob(
         model=str(model), out=str(out), context=context, actions=actions, reference=reference,
         context_frames=context_frames, size=parse_size(size), data=str(data) if data else None, split=split, limit=limit, horizon=horizon,
-        shuffle_actions=shuffle_actions, batch_size=batch_size, device=device,
+        shuffle_actions=shuffle_actions, batch_size=batch_size, device=str(resolve_device(device)),
         action_sweep=action_sweep, sweep_actions=_parse_ids(sweep_actions),
     )
     quiet = quiet or json_out

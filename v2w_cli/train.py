@@ -64,7 +64,7 @@ def train(
     preview_every: int = typer.Option(0, "--preview-every", help="Write a preview gif every N steps (0 = off)."),
     fs: int = typer.Option(3, "--fs", help="Frame-stride / fps conditioning value."),
     time_limit: float = typer.Option(None, "--time-limit", help="Minutes: then stop, checkpoint and write final/ (steps reached are recorded)."),
-    device: str = typer.Option(None, "--device", help="cpu to force the CPU (default: GPU when there is one)."),
+    device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda."),
     num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (re-launches under accelerate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),

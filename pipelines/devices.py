@@ -1,0 +1,34 @@
+"""The one device rule of every command (``--device auto|cpu|cuda[:N]``): ``auto`` is the GPU when
+torch sees one, else the CPU; asking for a GPU that is not there is a one-line error, never a
+late CUDA traceback."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from pipelines.errors import V2WError
+
+DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
+
+
+def resolve_device(flag: str | torch.device | None = "auto") -> torch.device:
+    """``--device`` -> a torch.device (None means auto)."""
+    if isinstance(flag, torch.device):
+        flag = str(flag)
+    name = (flag or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not m:
+        raise V2WError(f"--device must be one of {{{DEVICE_CHOICES}}}. Got {flag!r}")
+    if not torch.cuda.is_available():
+        raise V2WError(f"--device {flag}: torch sees no CUDA GPU here (torch {torch.__version__}); use --device cpu or auto")
+    index = int(m.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise V2WError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 .. "
+                       f"cuda:{torch.cuda.device_count() - 1}); check CUDA_VISIBLE_DEVICES")
+    return torch.device("cuda", index)
