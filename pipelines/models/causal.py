@@ -65,7 +65,7 @@ def transfer_temporal_kernel(weight: torch.Tensor, transfer: str, order: int = 1
     w = weight.movedim(dim, 0).to(torch.float64)  # (k, ...): taps at offsets -half..+half
     past, future = w[: half + 1], w[half + 1 :]
     if transfer == "extrapolative":
-        e = torch.from_numpy(extrapolation_matrix(half, order))  # (half, half+1)
+        e = torch.from_numpy(extrapolation_matrix(half, order)).to(w.device)  # (half, half+1), on the weight's device
         past = past + torch.einsum("ji,j...->i...", e, future)
     causal = torch.cat([torch.zeros_like(future), past])  # offsets -2h..-h-1 get 0, -h..0 get past
     return causal.to(weight.dtype).movedim(0, dim).contiguous()
