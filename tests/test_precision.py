@@ -23,7 +23,18 @@ from pipelines.sampler import Roller, RolloutConfig
 from pipelines.train import run as train_run
 
 
-def test_train_bf16_on_cpu(setup, tmp_path):  # noqa: F811
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one AcceleratorState per process and refuses a second mixed precision: start
+    this test from a fresh one and leave a fresh one for the tests after it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_train_bf16_on_cpu(setup, tmp_path, fresh_accelerate_state):  # noqa: F811
     res = train_run(cfg(setup, tmp_path / "run", steps=3, precision="bf16", ema_decay=0.9))
     assert res.steps == 3 and all(np.isfinite(res.losses))
     final = load_model(tmp_path / "run" / "final")
