@@ -70,6 +70,7 @@ def main() -> None:
 
     from pipelines.models.checkpoint import shipped_world_model
     from pipelines.models.world_model import load_model
+    from pipelines.rollout import to_pixels
     from pipelines.sampler import Roller, RolloutConfig
 
     path = args.model or str(shipped_world_model())
@@ -86,7 +87,7 @@ def main() -> None:
         spinner.start()
     try:
         # the baseline: a batch rollout of one stream at v2w rollout's defaults, same frames
-        pixels = torch.from_numpy(ctx).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+        pixels = to_pixels(ctx, "cpu")
         with torch.no_grad():
             lat = model.encode_frames(pixels)
         a = model.unet.config.action_dim
