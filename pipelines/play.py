@@ -142,10 +142,12 @@ class PlaySettings:
     history_noise: int = 20
     window: int | None = None
     seed: int = 0
+    precision: str = "fp32"  # bf16 on a GPU: faster passes (autocast)
 
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(steps=self.steps, guidance=self.guidance, guidance_rescale=self.guidance_rescale,
-                             history_noise=self.history_noise, window=self.window, seed=self.seed)
+                             history_noise=self.history_noise, window=self.window, seed=self.seed,
+                             precision=self.precision)
 
 
 def load_context(model, context: str | None = None, data: str | None = None, clip: str | None = None,

@@ -30,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from pipelines.devices import autocast, check_precision
 from pipelines.diffusion import add_noise_per_frame, make_scheduler, rescale_per_frame, rescale_table
 from pipelines.errors import V2WError
 from pipelines.models.attention import TEXT_TOKENS
@@ -53,8 +54,10 @@ class RolloutConfig:
     mode: str = "autoregressive"  # autoregressive | full
     seed: int = 0
     fs: int | None = None  # fps conditioning; None = the model's
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the network passes; the DDIM maths stays fp32
 
     def __post_init__(self):
+        check_precision(self.precision)
         if self.mode not in SAMPLING_MODES:
             raise V2WError(f"--mode must be one of {{{', '.join(SAMPLING_MODES)}}}. Got {self.mode!r}")
         if self.steps < 1:
@@ -92,11 +95,17 @@ def ddim_step(
 
 
 def guide(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
-    """Classifier-free guidance on the newest action, then guidance rescale."""
-    from diffusers.guiders.guider_utils import rescale_noise_cfg  # diffusers is slow to import: only when sampling
-
+    """Classifier-free guidance on the newest action, then guidance rescale (Lin et al. 2024, as diffusers'
+    ``rescale_noise_cfg``: v's per-sample std matched to the conditional pass's, blended by ``rescale``).
+    A v that is all zeros (a zero-initialised output layer: ``--from-scratch`` before training) stays
+    zero instead of 0/0 = NaN."""
     v = v_uncond + scale * (v_cond - v_uncond)
-    return rescale_noise_cfg(v, v_cond, rescale) if rescale > 0 else v
+    if rescale <= 0:
+        return v
+    dims = list(range(1, v.ndim))
+    std_cond, std_v = v_cond.std(dim=dims, keepdim=True), v.std(dim=dims, keepdim=True)
+    rescaled = v * (std_cond / std_v.clamp_min(torch.finfo(std_v.dtype).tiny))
+    return rescale * rescaled + (1 - rescale) * v
 
 
 def randn(shape, generator) -> torch.Tensor:
@@ -186,7 +195,13 @@ class Roller:
         ctx_n = torch.cat([ctx[:, :TEXT_TOKENS], ctx[:, TEXT_TOKENS + start * tokens : TEXT_TOKENS + (start + n) * tokens]], dim=1)
         inp = torch.cat([x, concat.expand(-1, -1, n, -1, -1)], dim=1)
         fs = torch.full((b,), self.fs, dtype=torch.long, device=x.device)
-        return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions)
+        with autocast(x.device, self.cfg.precision):
+            return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions).to(x.dtype)
+
+    def image_context(self, frame0: torch.Tensor, frames: int) -> torch.Tensor:
+        """The model's CLIP + Resampler context, under the rollout's precision."""
+        with autocast(frame0.device, self.cfg.precision):
+            return self.model.image_context(frame0, frames)
 
     # ------------------------------------------------------------------ the loop
 
@@ -281,7 +296,7 @@ class Roller:
             raise V2WError(f"--mode full needs context + horizon <= window ({n_ctx} + {horizon} > {self.window})")
         g = self._generators(b)
         hist = torch.cat([self.renoise(context_latents[:, :, i : i + 1], g) for i in range(n_ctx)], dim=2)
-        concat, ctx = context_latents[:, :, :1], self.model.image_context(context_pixels[:, :, 0], total)
+        concat, ctx = context_latents[:, :, :1], self.image_context(context_pixels[:, :, 0], total)
         x = randn((b, 4, horizon, *context_latents.shape[3:]), g).to(context_latents)
         acts = actions[:, :total] if actions is not None else None
 
@@ -340,7 +355,7 @@ class RolloutStream:
         if start not in self.pixels:
             self.pixels[start] = r.model.decode_latents(self.clean[start])[:, :, 0]
         if self.ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
-            self.window_ctx, self.ctx_start = r.model.image_context(self.pixels[start], r.window), start
+            self.window_ctx, self.ctx_start = r.image_context(self.pixels[start], r.window), start
         concat, ctx = self.clean[start], self.window_ctx[:, : TEXT_TOKENS + (hist + 1) * tokens]
         acts = None
         if self.actions is not None:

@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from pipelines import __version__
 from pipelines.data.stream import ClipStream, collate
-from pipelines.devices import resolve_device
+from pipelines.devices import check_precision, resolve_device
 from pipelines.diffusion import (
     add_noise_per_frame,
     make_scheduler,
@@ -56,7 +56,7 @@ from pipelines.sampler import Roller, RolloutConfig
 from pipelines.statedict import read_safetensors, read_torch
 
 TRAIN_SETS = ("all", "temporal", "new")
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+ACCELERATE_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # --precision -> accelerate's name
 LOSS_BUCKETS = (0, 250, 500, 750, 1000)  # noise-level buckets reported in metrics.jsonl
 
 
@@ -96,8 +96,7 @@ class TrainConfig:
     def __post_init__(self) -> None:  # every setting checked once, on construction
         if self.train not in TRAIN_SETS:
             raise V2WError(f"--train must be one of {{{', '.join(TRAIN_SETS)}}}. Got {self.train!r}")
-        if self.precision not in PRECISIONS:
-            raise V2WError(f"--precision must be one of {{{', '.join(PRECISIONS)}}}. Got {self.precision!r}")
+        check_precision(self.precision)
         if self.noise_levels not in ("per-frame", "shared"):
             raise V2WError(f"noise levels must be per-frame or shared. Got {self.noise_levels!r}")
         if self.lr_schedule not in ("constant", "cosine"):
@@ -301,10 +300,8 @@ def run(
             timed_out = True
             log(f"--time-limit {cfg.time_limit} min reached at step {step}")
             break
-        step_loss, step_frames, grad_norm, epoch, offset = _train_step(s, samples, step)
+        step_loss, step_frames, grad_norm, epoch, offset = train_step(s, samples, step)
         step += 1
-        if s.ema is not None:
-            s.ema.step(s.params)
         losses.append(step_loss)
         window.append(step_loss)
         n_log += cfg.batch_size * cfg.grad_accum * acc.num_processes
@@ -331,20 +328,27 @@ def run(
 
 
 def _setup(cfg: TrainConfig) -> _Session:
-    """Accelerator, MODEL (frozen but for ``--train``'s parameters), data, optimizer, LR schedule, EMA, RNGs."""
+    """Accelerator, MODEL and data, then :func:`training_session`."""
     accelerator = Accelerator(
-        mixed_precision=PRECISIONS[cfg.precision],
+        mixed_precision=ACCELERATE_PRECISION[cfg.precision],
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=cfg.device == "cpu",
     )
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if device.type == "cuda":  # TF32 matmuls/convs: ~2x on Ampere+ at no visible cost for diffusion training
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = load_model(cfg.model, device)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    model = load_model(cfg.model, accelerator.device)
     if not hasattr(model, "unet") or not hasattr(model.unet, "config"):
         raise V2WError("v2w train supports the dynamicrafter family MODEL folders", path=cfg.model)
     stream = ClipStream(cfg.data, "train", cfg.seed, rank, world, cfg.shuffle_buffer)
     _check_compatible(model, stream.manifest, cfg)
+    return training_session(cfg, accelerator, model, stream)
+
+
+def training_session(cfg: TrainConfig, accelerator, model, stream=None) -> _Session:
+    """A WorldModel on ``accelerator.device`` made ready to train: frozen but for ``--train``'s parameters,
+    optimizer, LR schedule, EMA, RNGs. ``benchmarks/gpu.py`` drives :func:`train_step` with it directly."""
+    rank = accelerator.process_index
+    if accelerator.device.type == "cuda":  # TF32 matmuls/convs: ~2x on Ampere+ at no visible cost for diffusion training
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
     for module in (model.vae, model.image_encoder):
@@ -400,9 +404,10 @@ def _out_of_time(s: _Session, t_start: float) -> bool:
     return over
 
 
-def _train_step(s: _Session, samples, step: int):
-    """One optimizer step over ``grad_accum`` micro-batches -> (loss, per-frame losses with their noise
-    levels, grad norm, data epoch, data offset)."""
+def train_step(s: _Session, samples, step: int):
+    """One optimizer step over ``grad_accum`` micro-batches, then the EMA update -> (loss, per-frame
+    losses with their noise levels, grad norm, data epoch, data offset). ``samples`` yields
+    (epoch, offset, sample) as :meth:`ClipStream.samples` does."""
     cfg, acc, model = s.cfg, s.accelerator, s.model
     device = acc.device
     step_loss, step_frames, grad_norm = 0.0, [], None
@@ -436,6 +441,8 @@ def _train_step(s: _Session, samples, step: int):
             s.optimizer.zero_grad(set_to_none=True)
         step_loss += loss.item() / cfg.grad_accum
         step_frames.append((per_frame.cpu(), ts.cpu()))
+    if s.ema is not None:
+        s.ema.step(s.params)
     return step_loss, step_frames, grad_norm, epoch, offset
 
 

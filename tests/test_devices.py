@@ -32,3 +32,34 @@ def test_a_gpu_that_is_not_there_is_one_line():
                  ["encode", "d", "--model", "m", "--device", "cuda:0"]):
         res = CliRunner().invoke(app, argv)
         assert res.exit_code != 0 and "torch sees no CUDA GPU" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the errors of a machine without a GPU")
+def test_eval_and_causalize_take_the_same_device_flag(tmp_path):
+    from pipelines.causalize import CausalizeConfig
+
+    with pytest.raises(V2WError, match="torch sees no CUDA GPU"):
+        CausalizeConfig(ckpt="tiny-random", out=str(tmp_path / "m"), device="cuda")
+    for argv in (["eval", "--pred", str(tmp_path), "--out", str(tmp_path / "r"), "--device", "cuda"],
+                 ["causalize", "--ckpt", "tiny-random", "--check", "--device", "cuda:0"]):
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code != 0 and "torch sees no CUDA GPU" in res.output and "Traceback" not in res.output, argv
+    res = CliRunner().invoke(app, ["causalize", "--ckpt", "tiny-random", "--check", "--device", "auto", "--json"])
+    assert res.exit_code == 0 and '"causal": true' in res.output
+
+
+def test_precision_flag_is_checked_once_for_every_command():
+    from pipelines.devices import autocast, check_precision
+    from pipelines.sampler import RolloutConfig
+
+    for bad in (lambda: RolloutConfig(precision="fp8"), lambda: TrainConfig(model="m", data="d", out="o", precision="half"),
+                lambda: check_precision("bfloat16")):
+        with pytest.raises(V2WError, match=r"--precision must be one of \{fp32, bf16, fp16\}"):
+            bad()
+    with autocast("cpu", "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast("cpu", "fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    res = CliRunner().invoke(app, ["rollout", "--model", "m", "--out", "o", "--context", "c.png", "--actions", "a.npy",
+                                   "--precision", "fp8", "--device", "cpu"])
+    assert res.exit_code != 0 and "--precision must be one of" in res.output and "Traceback" not in res.output

@@ -63,6 +63,34 @@ def test_rollout_and_eval_under_bf16_autocast(rollout_env, tmp_path):
     assert json.loads((tmp_path / "rep" / "metrics.json").read_text())["sets"]["model"]["n_clips"] == 2
 
 
+def test_rollout_precision_flag(rollout_env, tmp_path):
+    """``--precision bf16``: the U-Net and CLIP passes under autocast, the DDIM maths and the latents in
+    fp32; cache and no cache agree to bf16's rounding; the setting is recorded in rollout.json."""
+    from typer.testing import CliRunner
+
+    from v2w_cli.app import app
+
+    model = load_model(rollout_env / "model")
+    pixels = torch.rand(1, 3, 2, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    acts = torch.nn.functional.one_hot(torch.arange(8) % 4, 4).float()[None]
+    with torch.no_grad():
+        lat = model.encode_frames(pixels)
+    out = {(p, c): Roller(model, RolloutConfig(steps=3, guidance=2.0, precision=p, cache=c, window=4)).rollout(lat, pixels, acts, 6)
+           for p in ("fp32", "bf16") for c in (True, False)}
+    assert all(o.dtype == torch.float32 and torch.isfinite(o).all() for o in out.values())
+    scale = out["fp32", False].abs().max()
+    assert (out["fp32", True] - out["fp32", False]).abs().max() <= 1e-4  # exact cache in fp32
+    assert 0 < (out["bf16", False] - out["fp32", False]).abs().max() < 0.25 * scale  # bf16 did run, and stays close
+    assert (out["bf16", True] - out["bf16", False]).abs().max() < 0.25 * scale
+    np.save(tmp_path / "ctx.npy", ((pixels[0].permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy())
+    np.save(tmp_path / "acts.npy", np.array([1, 2, 3]))
+    res = CliRunner().invoke(app, ["rollout", "--model", str(rollout_env / "model"), "--context", str(tmp_path / "ctx.npy"),
+                                   "--context-frames", "2", "--actions", str(tmp_path / "acts.npy"), "--out",
+                                   str(tmp_path / "o"), "--steps", "2", "--precision", "bf16", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["settings"]["precision"] == "bf16"
+
+
 @pytest.mark.parametrize("injection", ACTION_INJECTIONS)
 def test_every_model_builds_on_the_meta_device(injection):
     with torch.device("meta"):

@@ -49,6 +49,17 @@ def test_guidance_scale_one_is_the_conditional_pass():
     torch.testing.assert_close(g, vu + 2.5 * (vc - vu))
 
 
+def test_guidance_rescale_is_diffusers_and_keeps_a_zero_prediction_zero():
+    from diffusers.guiders.guider_utils import rescale_noise_cfg
+
+    vc, vu = torch.randn(2, 4, 3, 5, 5), torch.randn(2, 4, 3, 5, 5)
+    v = vu + 2.5 * (vc - vu)
+    assert torch.equal(guide(vc, vu, 2.5, 0.7), rescale_noise_cfg(v, vc, 0.7))  # bit for bit
+    zero = torch.zeros(2, 4, 1, 3, 3)  # a zero-initialised output layer (--from-scratch before training)
+    assert torch.isnan(rescale_noise_cfg(zero, zero, 0.7)).all()  # what diffusers' version gives
+    assert torch.equal(guide(zero, zero, 2.5, 0.7), zero)
+
+
 def test_shapes_and_determinism(rollout_env):
     model = load_model(rollout_env / "model")
     lat, pix, acts = inputs(model)

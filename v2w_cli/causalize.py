@@ -54,6 +54,7 @@ def causalize(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the U-Net + Resampler (keep VAE, CLIP): the no-pretraining control."),
     check: bool = typer.Option(False, "--check", help="Print the causality probe table; without --out only probe."),
     unsafe_pickle: bool = typer.Option(False, "--unsafe-pickle", help="Allow pickled objects in a trusted .ckpt."),
+    device: str = typer.Option("auto", "--device", help="Where the causality probe runs: auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -63,7 +64,7 @@ def causalize(
         ckpt=ckpt, out=str(out) if out else None, base_config=base_config, family=family, transfer=transfer,
         order=extrapolation_order, norm=norm, action_dim=action_dim, action_type=action_type,
         action_injection=action_injection, action_tokens=action_tokens, action_init_std=action_init_std,
-        check_only=check and out is None, unsafe_pickle=unsafe_pickle, fs=fs, from_scratch=from_scratch,
+        check_only=check and out is None, unsafe_pickle=unsafe_pickle, fs=fs, from_scratch=from_scratch, device=device,
     )
     log = (lambda msg: None) if (quiet or json_out) else (lambda msg: console.print(f"[dim]{msg}[/]"))
     with console.status("causalizing", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():

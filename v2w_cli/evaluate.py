@@ -36,16 +36,18 @@ def evaluate(
     require: bool = typer.Option(False, "--require", help="A metric without weights is an error, not skipped."),
     force: bool = typer.Option(False, "--force", help="Compute FID/FVD below the sample guard (marked biased)."),
     lpips_net: str = typer.Option(None, "--lpips-net", help="vgg | alex [default: the preset's, else vgg]."),
+    device: str = typer.Option("auto", "--device", help="Where LPIPS / FID / FVD networks run: auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json on stdout."),
 ) -> None:
+    from pipelines.devices import resolve_device
     from pipelines.evaluate import EvalConfig, run
 
     cfg = EvalConfig(
         pred=str(pred), out=str(out), ref=str(ref) if ref else None,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), preset=preset,
         baseline=None if baseline in ("none", "") else baseline, weights=str(weights) if weights else None,
-        require=require, force=force, lpips_net=lpips_net,
+        require=require, force=force, lpips_net=lpips_net, device=str(resolve_device(device)),
     )
     log = (lambda m: None) if (quiet or json_out) else (lambda m: console.print(f"[dim]{m}[/]"))
     with console.status("scoring", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():

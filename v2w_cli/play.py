@@ -38,6 +38,7 @@ def play(
     record_dir: str = typer.Option("play-recordings", "--record-dir", help="Where the record button writes."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 degrades gracefully when the browser is busy)."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16: autocast of the network passes."),
 ) -> None:
     import torch
 
@@ -59,7 +60,8 @@ def play(
         context = _fresh_boxing_start(context_frames or 2)
         context_frames = context_frames or 2
     frames, what = load_context(m, context, data, clip, context_frames)
-    settings = PlaySettings(steps=steps, guidance=guidance, seed=seed)
+    settings = PlaySettings(steps=steps, guidance=guidance, seed=seed, precision=precision)
+    settings.rollout_config()  # validates the sampling flags now, not when a tab connects
     server = ServerConfig(host=host, port=port, max_sessions=max_sessions, tick_ms=tick, record_dir=record_dir)
     app = make_app(m, frames, settings, server, model_name=path, device=device, context_name=what)
     serve(app, server, log=lambda msg: console.print(msg))

@@ -147,10 +147,11 @@ def load_lpips(net: str, weights_dir: str | None = None) -> tuple[LPIPS, dict]:
 class TorchScriptFeatures(nn.Module):
     """A TorchScript detector: FID's InceptionV3 (frames) or FVD's I3D (videos)."""
 
-    def __init__(self, path: str | Path, kind: str):
+    def __init__(self, path: str | Path, kind: str, device: str | torch.device = "cpu"):
         super().__init__()
+        self.device = torch.device(device)
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            self.net = torch.jit.load(str(path), map_location=self.device).eval()
         except Exception as e:  # a wrong or damaged file
             raise V2WError(f"cannot load TorchScript detector ({str(e).splitlines()[0]})", path=path) from None
         self.kind = kind
@@ -159,12 +160,12 @@ class TorchScriptFeatures(nn.Module):
     def forward(self, x: np.ndarray) -> torch.Tensor:
         if self.kind == "inception":
             # (N, H, W, 3) uint8 -> 299x299 bilinear, TF input range x / 128 - 1 -> (N, 2048)
-            t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
+            t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2).float()
             t = F.interpolate(t, size=(299, 299), mode="bilinear", align_corners=False)
-            return self.net(t / 128.0 - 1.0).reshape(t.shape[0], -1)
+            return self.net(t / 128.0 - 1.0).reshape(t.shape[0], -1).cpu()
         # I3D: (N, T, H, W, 3) uint8 -> frames 224x224 in [-1, 1] -> (N, 3, T, 224, 224) -> (N, 400)
         n, t = x.shape[:2]
-        v = torch.from_numpy(np.ascontiguousarray(x)).reshape(n * t, *x.shape[2:]).permute(0, 3, 1, 2).float()
+        v = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).reshape(n * t, *x.shape[2:]).permute(0, 3, 1, 2).float()
         v = F.interpolate(v, size=(224, 224), mode="bilinear", align_corners=False) / 127.5 - 1.0
         v = v.reshape(n, t, 3, 224, 224).permute(0, 2, 1, 3, 4)
-        return self.net(v, rescale=False, resize=False, return_features=True).reshape(n, -1)
+        return self.net(v, rescale=False, resize=False, return_features=True).reshape(n, -1).cpu()
