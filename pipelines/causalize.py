@@ -30,7 +30,7 @@ from pipelines.models.surgery import causalize, check_causality
 from pipelines.models.unet import VideoUNet
 from pipelines.models.world_model import WorldModel, load_model
 
-FAMILIES = ("dynamicrafter", "unet3d")
+FAMILIES = ("dynamicrafter", "unet3d", "wan")
 
 
 @dataclass
@@ -89,6 +89,8 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
     t0 = time.time()
     if cfg.family == "unet3d":
         return _run_unet3d(cfg, t0, log)
+    if cfg.family == "wan":
+        return _run_wan(cfg, t0, log)
 
     if cfg.check_only and (Path(cfg.ckpt) / "config.json").exists():
         # probe a MODEL folder written earlier (by causalize or train)
@@ -198,4 +200,68 @@ def _run_unet3d(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
         }
     }
     save_unet3d_model(model, cfg.out, meta, action_encoder)
+    return CausalizeResult(Path(cfg.out), report, check, None, time.time() - t0, _peak_rss_mb())
+
+
+def wan_causality_check(world, device: str = "cpu", frames: int = 4, k: int = 2) -> dict:
+    """Perturb latent frames >= k of a random input; the world transformer's outputs at frames < k must
+    not move (exactly 0: nothing in a Wan block mixes frames but the block-causal attention)."""
+    from pipelines.models.wan import TEXT_TOKENS
+
+    c = world.transformer.config
+    dev = resolve_device(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, c.in_channels, frames, 4 * c.patch_size[1], 4 * c.patch_size[2], generator=g).to(dev)
+    ts = torch.randint(0, 1000, (1, frames), generator=g).to(dev)
+    ctx = torch.randn(1, TEXT_TOKENS, c.text_dim, generator=g).to(dev)
+    acts = torch.randn(1, frames, 4 * world.config.action_dim, generator=g).to(dev) if world.config.action_dim else None
+    was = world.training
+    world.to(dev).eval()
+    try:
+        probe = causality_probe(lambda v: world(v, ts, ctx, acts), x, k)
+    finally:
+        world.to("cpu").train(was)
+    return {"k": k, "frames": frames, "causal": probe["max_leak"] <= 1e-5, "tolerance": 1e-5, "per_layer": {}, **probe}
+
+
+def _run_wan(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
+    """Wan 2.1 (diffusers layout): block-causal self-attention, per-frame noise levels, actions on the
+    time embedding (pipelines/models/wan.py); MODEL written by WanWorldModel."""
+    if cfg.action_injection != "time" or cfg.from_scratch or cfg.base_config:
+        raise V2WError("--family wan supports --action-injection time only (actions on the time embedding), "
+                       "without --from-scratch or --base-config")
+    from pipelines.models.wan import WanWorldConfig, WanWorldTransformer
+    from pipelines.models.wan_model import WanWorldModel, load_wan_base
+
+    if cfg.check_only and (Path(cfg.ckpt) / "config.json").exists():  # probe a Wan MODEL written earlier
+        check = wan_causality_check(load_model(cfg.ckpt).transformer, cfg.device)
+        if not check["causal"]:
+            raise V2WError(f"not causal: outputs at latent frames < {check['k']} moved by {check['max_leak']:.3g}", path=cfg.ckpt)
+        return CausalizeResult(None, {}, check, None, time.time() - t0, _peak_rss_mb())
+    base = load_wan_base(cfg.ckpt, log)
+    world = WanWorldTransformer(base.transformer, WanWorldConfig(cfg.action_dim, cfg.action_type, True, cfg.action_init_std))
+    log("probing causality")
+    check = wan_causality_check(world, cfg.device)
+    base_check = None
+    if cfg.check_only:  # the base itself (mask off) for comparison: it leaks
+        world.config.causal = False
+        base_check = wan_causality_check(world, cfg.device)
+        world.config.causal = True
+    if not check["causal"]:
+        raise V2WError(f"causality check failed: outputs at latent frames < {check['k']} moved by {check['max_leak']:.3g}")
+    blocks = len(base.transformer.blocks)
+    report = {"block_causal_attention": blocks, "action_encoder": bool(cfg.action_dim)}
+    if cfg.check_only:
+        return CausalizeResult(None, report, check, base_check, time.time() - t0, _peak_rss_mb())
+    meta = {
+        "schedule": base.schedule,
+        "causalize": {"source": base.source, "action_dim": cfg.action_dim, "action_type": cfg.action_type,
+                      "action_injection": "time", "action_init_std": cfg.action_init_std, "report": report,
+                      "check": {k: check[k] for k in ("k", "frames", "max_leak", "future_change", "causal")}},
+    }
+    if cfg.fs is not None:
+        meta["fps"] = cfg.fs
+    meta.update(cfg.extra_meta)
+    log(f"writing {cfg.out}")
+    WanWorldModel(world, base.vae, base.empty_text, meta).save_pretrained(cfg.out)
     return CausalizeResult(Path(cfg.out), report, check, None, time.time() - t0, _peak_rss_mb())

@@ -27,6 +27,7 @@ Examples:
   v2w causalize --ckpt runs/rt1/final --check      (probe a MODEL folder; exit 1 if it leaks)
 
   v2w causalize --ckpt ms-unet3d/ --family unet3d --out models/ms-causal
+  v2w causalize --family wan --ckpt Wan-AI/Wan2.1-T2V-1.3B-Diffusers --out models/wan-causal --action-dim 7
 """
 
 
@@ -41,7 +42,7 @@ def causalize(
     ckpt: str = typer.Option(..., "--ckpt", help="dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny (shipped base) | tiny-random | PATH (.ckpt/.safetensors, or a v2w pretrain BASE folder)."),
     out: Path = typer.Option(None, "--out", "-o", help="MODEL folder to write."),
     base_config: str = typer.Option(None, "--base-config", help="DynamiCrafter inference YAML (non-default configs)."),
-    family: str = typer.Option("dynamicrafter", "--family", help="dynamicrafter | unet3d (diffusers UNet3DConditionModel)."),
+    family: str = typer.Option("dynamicrafter", "--family", help="dynamicrafter | unet3d (diffusers UNet3DConditionModel) | wan (Wan 2.1 DiT, diffusers layout; --ckpt Wan-AI/Wan2.1-T2V-1.3B-Diffusers, a folder, or tiny-wan)."),
     transfer: str = typer.Option("extrapolative", "--transfer", help="Temporal conv weight transfer: shift|masked|extrapolative."),
     extrapolation_order: int = typer.Option(1, "--extrapolation-order", help="Polynomial order of the extrapolative transfer."),
     norm: str = typer.Option("per-frame", "--norm", help="Temporal GroupNorm: per-frame (exactly causal) | pooled (official)."),
@@ -92,7 +93,9 @@ def print_check(result, norm: str) -> None:
     from rich.table import Table
 
     rep = result.report
-    if rep:
+    if rep and "transfer" not in rep:  # the Wan family: attention made block-causal, nothing transferred
+        console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rep.items()))
+    elif rep:
         console.print(
             f"transfer {rep.get('transfer')} (order {rep.get('order')}), norm {rep.get('norm')}: "
             + ", ".join(f"{k} {len(v) if isinstance(v, list) else v}" for k, v in rep.items()

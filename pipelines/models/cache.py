@@ -11,7 +11,9 @@ change. What later frames need from it, per layer:
 ``with activation_cache(unet, cache, "append")``: a forward over new frames (T >= 1) reads the
 cache as the past and appends the new frames' keys/values/conv inputs (prefill, or a frame
 joining the history). ``"read"``: the same, but the cache is left unchanged (the denoising steps
-of the newest frame). Everything else in the U-Net works per frame and needs no cache.
+of the newest frame). Everything else in the U-Net works per frame and needs no cache. A model
+with a ``cached_layers()`` method (the Wan family: every block's self-attention, whose tokens sit
+on dim 1 like the temporal attention's frames) names its layers itself.
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str) -> Iter
             "--norm per-frame); with pooled norms a new frame changes every history frame's activations"
         )
     layers = _CACHED_LAYERS.get(unet)
+    if layers is None and hasattr(unet, "cached_layers"):  # a model that lists its own (the Wan family)
+        layers = _CACHED_LAYERS[unet] = list(unet.cached_layers())
     if layers is None:  # found once per model: this runs at every denoising step
         layers = []
         for m in unet.modules():

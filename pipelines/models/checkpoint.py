@@ -63,7 +63,7 @@ def resolve_checkpoint(name_or_path: str) -> tuple[Path, str | None]:
             try:  # cache first: no network at all when the file is there
                 return Path(hf_hub_download(repo, filename, local_files_only=True)), config
             except LocalEntryNotFoundError:
-                if os.environ.get("HF_HUB_OFFLINE") or not _hub_reachable():
+                if os.environ.get("HF_HUB_OFFLINE") or not hub_reachable():
                     raise
                 return Path(hf_hub_download(repo, filename, etag_timeout=10)), config
         except Exception as e:  # offline, no access, ...: one line with the way out
@@ -103,7 +103,7 @@ def shipped_world_model() -> Path:
     return path
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connect to the hub, so an offline machine fails at once instead of after
     the hub client's minute of retries."""
     import socket

@@ -179,4 +179,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         from pipelines.models.unet3d import load_unet3d_model  # diffusers' UNet3D: only this family pays its import
 
         return load_unet3d_model(path, device)
+    if family == "wan":
+        from pipelines.models.wan_model import WanWorldModel  # diffusers' Wan classes: only this family pays their import
+
+        return WanWorldModel.from_pretrained(path, device)
     raise V2WError(f"unknown model family {family!r}", path=path)
