@@ -91,7 +91,7 @@ train() {
 smoke_settings() {
   local format=$1 size=$2
   shift 2
-  run python -m pipelines.data.synthetic "$format" "$OUT/raw" --episodes 4 --frames 12 --size "$size"
+  run python -m pipelines.data.synthetic "$format" "$OUT/raw" --episodes 4 --frames "${SMOKE_FRAMES:-12}" --size "$size"
   RAW=$OUT/raw GPUS=1
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # a tiny model runs faster on one thread than on contended cores
   SIZE=32x32 CLIP=6

@@ -76,3 +76,9 @@ def rescale_per_frame(table: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) ->
     """x0 * scale_arr[t] with t (B, T) broadcast over channels and pixels."""
     s = table.to(x0.device)[t].to(x0.dtype)  # (B, T)
     return x0 * s[:, None, :, None, None]
+
+
+def flow_sigma(u: torch.Tensor, shift: float = 1.0) -> torch.Tensor:
+    """Flow matching's noise fraction with the resolution shift (Wan, SD3): u in [0, 1] ->
+    sigma = shift u / (1 + (shift - 1) u); x_sigma = (1 - sigma) x0 + sigma eps, velocity eps - x0."""
+    return shift * u / (1 + (shift - 1) * u)

@@ -27,6 +27,7 @@ from pipelines.metrics.image import PSNR_CAP_DB, psnr_from_mse
 from pipelines.models.action import shift_actions
 from pipelines.models.world_model import load_model
 from pipelines.sampler import Roller, RolloutConfig
+from pipelines.wan_sampler import WanRoller
 
 
 def settings(cfg: RolloutConfig) -> dict:
@@ -155,9 +156,9 @@ def run_interactive(job: RolloutJob, cfg: RolloutConfig, on_frame=None) -> dict:
     with torch.no_grad():
         latents = model.encode_frames(pixels)
         inputs = _per_frame_inputs(model, actions[:horizon][None], n_ctx)
-        roller = Roller(model, cfg)
+        roller = make_roller(model, cfg)
         pred = roller.rollout(latents, pixels, inputs.to(job.device), horizon, on_frame=on_frame)
-        video = model.decode_latents(pred)
+        video = roller.decode(pred)
     pred_u8 = to_uint8(video)[0]
     all_frames = np.concatenate([frames, pred_u8])
     out = Path(job.out)
@@ -203,8 +204,13 @@ def _per_frame_inputs(model, future_actions: torch.Tensor, n_ctx: int, context_a
     return shift_actions(rows)
 
 
+def make_roller(model, cfg: RolloutConfig) -> Roller:
+    """The sampler of the model's family: the U-Net's DDIM, or Wan's flow-matching Euler (pipelines/wan_sampler.py)."""
+    return WanRoller(model, cfg) if getattr(model, "family", "") == "wan" else Roller(model, cfg)
+
+
 def check_size(model, hw, path) -> None:
-    factor = model.vae_factor * 2 ** (len(model.unet.config.channel_mult) - 1)
+    factor = getattr(model, "size_factor", None) or model.vae_factor * 2 ** (len(model.unet.config.channel_mult) - 1)
     if hw[0] % factor or hw[1] % factor:
         raise V2WError(f"frames are {hw[0]}x{hw[1]}; the model needs multiples of {factor} (pass --size HxW)", path=path)
 
@@ -309,7 +315,7 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
         ]
     out = Path(job.out)
     timings = []
-    roller = Roller(model, cfg)
+    roller = make_roller(model, cfg)
     for name, items in sets.items():
         (out / name).mkdir(parents=True, exist_ok=True)
         for s in range(0, len(items), job.batch_size):
@@ -322,7 +328,7 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
                 latents = model.encode_frames(pixels)
                 inputs = _action_inputs(model, acts, manifest) if c.action_dim else None
                 pred = roller.rollout(latents, pixels, inputs.to(job.device) if inputs is not None else None, horizon)
-                video = to_uint8(model.decode_latents(pred))
+                video = to_uint8(roller.decode(pred))
             for i, (key, ctx, ref, actions, extra) in enumerate(chunk):
                 with atomic_open(out / name / f"{key}.npz") as f:
                     np.savez(f, context=ctx, pred=video[i], ref=ref, actions=actions, **extra)
@@ -485,7 +491,7 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
     pixels = to_pixels(frames, job.device)
     n_rows, bs = len(labels), max(1, job.batch_size)
     chunks = -(-n_rows // bs)
-    roller = Roller(model, cfg)
+    roller = make_roller(model, cfg)
     preds = []
     with torch.no_grad():
         latents = model.encode_frames(pixels)
@@ -504,7 +510,7 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
                 horizon,
                 on_frame=progress if on_frame else None,
             )
-            preds.append(to_uint8(model.decode_latents(pred)))
+            preds.append(to_uint8(roller.decode(pred)))
     pred_u8 = np.concatenate(preds)  # (R, H, h, w, 3)
     all_frames = np.concatenate([np.repeat(frames[None], n_rows, axis=0), pred_u8], axis=1)  # (R, C+H, h, w, 3)
     seconds = time.perf_counter() - t_start

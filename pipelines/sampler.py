@@ -232,6 +232,10 @@ class Roller:
                 on_frame(k, self.timing[-1], horizon)
         return torch.cat(preds, dim=2)
 
+    def decode(self, pred: torch.Tensor) -> torch.Tensor:
+        """Predicted latents -> pixels (B, 3, H, h, w) in [-1, 1] (this family's VAE decodes frame by frame)."""
+        return self.model.decode_latents(pred)
+
     def stream(self, context_latents, context_pixels, context_actions=None) -> "RolloutStream":
         """An autoregressive rollout advanced one frame at a time (``v2w play``); ``rollout`` uses it too."""
         if self.cfg.mode != "autoregressive":

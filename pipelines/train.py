@@ -41,6 +41,7 @@ from pipelines.data.stream import ClipStream, collate
 from pipelines.devices import check_precision, resolve_device
 from pipelines.diffusion import (
     add_noise_per_frame,
+    flow_sigma,
     make_scheduler,
     rescale_per_frame,
     rescale_table,
@@ -50,8 +51,9 @@ from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
 from pipelines.models.action import is_action_parameter, shift_actions
 from pipelines.models.attention import TemporalTransformer
+from pipelines.models.latent_frames import group_actions
 from pipelines.models.unet import TemporalConvBlock
-from pipelines.models.world_model import WorldModel, load_model
+from pipelines.models.world_model import load_model
 from pipelines.sampler import Roller, RolloutConfig
 from pipelines.statedict import read_safetensors, read_torch
 
@@ -177,6 +179,42 @@ def diffusion_forcing_loss(
     return per_frame.mean(), per_frame.detach(), ts
 
 
+def flow_forcing_loss(
+    model,
+    latents: torch.Tensor,
+    actions: torch.Tensor | None,
+    generator: torch.Generator,
+    shift: float = 3.0,
+    action_dropout: float = 0.2,
+    shared_noise: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Diffusion Forcing for flow-matching models (the Wan family) -> (mean loss, per-(sample, latent
+    frame) loss (B, F), noise levels 1000 sigma rounded (B, F)).
+
+    model(x, timesteps, actions) -> velocity; latents (B, C, F, h, w) normalised, F = 1 + k latent
+    frames; actions (B, 1 + 4k, A) taken after each *video* frame, or None. Per (sample, latent frame):
+    u ~ U(0, 1), sigma = flow_sigma(u, shift), x = (1 - sigma) x0 + sigma eps, target eps - x0. Actions
+    are shifted (video frame t gets a_{t-1}), grouped 4 per latent frame, and dropped per latent frame.
+    """
+    b, _, f, _, _ = latents.shape
+    dev = latents.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator, device=generator.device).to(dev)
+
+    sigma = flow_sigma(rand(b, 1 if shared_noise else f), shift).expand(b, f)
+    noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(dev, latents.dtype)
+    s = sigma[:, None, :, None, None].to(latents.dtype)
+    x_t = (1 - s) * latents + s * noise
+    target = noise - latents
+    if actions is not None:
+        actions = group_actions(shift_actions(actions))
+        actions = actions * (rand(b, f) >= action_dropout).to(actions.dtype)[..., None]
+    v = model(x_t, sigma * 1000, actions=actions)
+    per_frame = F.mse_loss(v.float(), target.float(), reduction="none").mean(dim=(1, 3, 4))  # (B, F)
+    return per_frame.mean(), per_frame.detach(), (sigma * 1000).round().long().clamp(max=999)
+
+
 def trainable_parameters(model, which: str) -> list[nn.Parameter]:
     """all: U-Net + Resampler; temporal: temporal layers + time embedding + action layers; new: the
     action layers only (encoder + injection projections, :func:`is_action_parameter`)."""
@@ -185,6 +223,8 @@ def trainable_parameters(model, which: str) -> list[nn.Parameter]:
     action = [p for n, p in unet.named_parameters() if is_action_parameter(n)]
     if which == "all":
         params = list(unet.parameters()) + (list(model.image_proj.parameters()) if model.image_proj is not None else [])
+    elif which == "temporal" and hasattr(unet, "frame_mixing_parameters"):  # a DiT (Wan): its attention
+        params = unet.frame_mixing_parameters()
     elif which == "temporal":
         mods = [m for m in unet.modules() if isinstance(m, (TemporalConvBlock, TemporalTransformer))]
         params = [p for m in mods + [unet.time_embed] for p in m.parameters()] + action
@@ -337,7 +377,7 @@ def _setup(cfg: TrainConfig) -> _Session:
     rank, world = accelerator.process_index, accelerator.num_processes
     model = load_model(cfg.model, accelerator.device)
     if not hasattr(model, "unet") or not hasattr(model.unet, "config"):
-        raise V2WError("v2w train supports the dynamicrafter family MODEL folders", path=cfg.model)
+        raise V2WError("v2w train supports the dynamicrafter and wan family MODEL folders", path=cfg.model)
     stream = ClipStream(cfg.data, "train", cfg.seed, rank, world, cfg.shuffle_buffer)
     _check_compatible(model, stream.manifest, cfg)
     return training_session(cfg, accelerator, model, stream)
@@ -366,8 +406,10 @@ def training_session(cfg: TrainConfig, accelerator, model, stream=None) -> _Sess
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=2 / 3) if cfg.ema_decay > 0 else None
     wrapped, optimizer, lr_sched = accelerator.prepare(model, optimizer, lr_sched)
     model = accelerator.unwrap_model(wrapped)
-    scheduler = make_scheduler(model.meta.get("schedule"))
-    table = rescale_table(model.meta.get("schedule"), scheduler.config.num_train_timesteps)
+    scheduler = table = None  # flow matching (Wan) needs neither: flow_forcing_loss
+    if _family(model) != "wan":
+        scheduler = make_scheduler(model.meta.get("schedule"))
+        table = rescale_table(model.meta.get("schedule"), scheduler.config.num_train_timesteps)
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
     torch.manual_seed(cfg.seed * 1000 + rank)
     random.seed(cfg.seed * 1000 + rank)
@@ -417,14 +459,21 @@ def train_step(s: _Session, samples, step: int):
         epoch, offset = batch[-1][0], batch[-1][1]
         b = collate([x for _, _, x in batch])
         frames = b["frames"].to(device)
-        with torch.no_grad():
-            latents = b["latents"].to(device) if "latents" in b else model.encode_frames(frames)
+        wan = _family(model) == "wan"
+        with torch.no_grad():  # Wan: always its own causal VAE (DATA's pre-encoded latents are per frame)
+            latents = b["latents"].to(device) if "latents" in b and not wan else model.encode_frames(frames)
         actions = b["actions"].to(device) if model.unet.config.action_dim else None
         with acc.accumulate(s.wrapped), acc.autocast():
-            loss, per_frame, ts = diffusion_forcing_loss(
-                s.wrapped, latents, frames[:, :, 0], actions, s.scheduler, s.table, s.generator,
-                cfg.action_dropout, cfg.cond_dropout, cfg.fs, shared_noise=cfg.noise_levels == "shared",
-            )
+            if wan:
+                loss, per_frame, ts = flow_forcing_loss(
+                    s.wrapped, latents, actions, s.generator, float(model.meta["schedule"].get("flow_shift", 3.0)),
+                    cfg.action_dropout, shared_noise=cfg.noise_levels == "shared",
+                )
+            else:
+                loss, per_frame, ts = diffusion_forcing_loss(
+                    s.wrapped, latents, frames[:, :, 0], actions, s.scheduler, s.table, s.generator,
+                    cfg.action_dropout, cfg.cond_dropout, cfg.fs, shared_noise=cfg.noise_levels == "shared",
+                )
             if not torch.isfinite(loss):
                 last = list_checkpoints(s.run_dir)
                 raise V2WError(
@@ -469,6 +518,10 @@ def _checkpoint_all(s: _Session, step: int, epoch: int, offset: int) -> None:
     s.accelerator.wait_for_everyone()
 
 
+def _family(model) -> str:
+    return getattr(model, "family", "dynamicrafter")
+
+
 def _check_compatible(model, manifest: dict, cfg: TrainConfig) -> None:
     c = model.unet.config
     a = manifest.get("action_dim")
@@ -480,6 +533,15 @@ def _check_compatible(model, manifest: dict, cfg: TrainConfig) -> None:
     if c.action_dim and c.action_type == "discrete" and manifest.get("action_type") != "discrete":
         raise V2WError("the model takes discrete actions but the data's are continuous", path=cfg.data)
     h, w = manifest["resolution"]
+    if _family(model) == "wan":
+        t = int(manifest.get("clip_len") or 0)
+        if t < 5 or (t - 1) % 4:
+            raise V2WError(f"Wan models train on clips of 1 + 4k frames (5, 9, 17, ...); the data's are {t}: "
+                           "re-prepare with --clip-len 9 (or 17)", path=cfg.data)
+        if h % model.size_factor or w % model.size_factor:
+            raise V2WError(f"frames are {h}x{w}; this Wan model needs sizes divisible by {model.size_factor} "
+                           "(VAE x patch); re-prepare with --size", path=cfg.data)
+        return
     vae_factor = model.vae_factor
     factor = vae_factor * 2 ** (len(c.channel_mult) - 1)
     if h % factor or w % factor:
@@ -500,7 +562,7 @@ def _run_config(cfg: TrainConfig, model, manifest: dict) -> dict:
         "format_version": 1,
         "v2w_version": __version__,
         "train": asdict(cfg),
-        "model": model.config_dict()["unet"],
+        "model": model.config_dict().get("unet") or model.config_dict().get("transformer"),
         "data": {"path": cfg.data, "samples": manifest["splits"]["train"]["samples"], "fps": manifest.get("fps")},
     }
 
@@ -648,10 +710,12 @@ def _save_final(s: _Session, step: int) -> None:
             "resize": ((manifest.get("made_from") or {}).get("options") or {}).get("resize", "crop"),
         }
         meta["fps"] = cfg.fs
-        was = unet_raw.gradient_checkpointing
-        unet_raw.gradient_checkpointing = False
-        WorldModel(unet_raw, model.vae, model.image_encoder, model.image_proj, model.empty_text, meta).save_pretrained(s.run_dir / "final")
-        unet_raw.gradient_checkpointing = was
+        was, saved_meta = unet_raw.gradient_checkpointing, model.meta
+        unet_raw.gradient_checkpointing, model.meta = False, meta
+        try:
+            model.save_pretrained(s.run_dir / "final")  # the session's own model: any family
+        finally:
+            unet_raw.gradient_checkpointing, model.meta = was, saved_meta
     finally:
         if ema is not None:
             ema.restore(params)
@@ -661,6 +725,9 @@ def _preview(model, cfg, run_dir, step) -> None:
     """A short rollout from a val clip's first frame with its true actions, written as a gif
     (reference | prediction), so training progress can be watched as the world model behaves."""
     from PIL import Image  # only for previews
+
+    if _family(model) == "wan":
+        return  # rollout previews need the Wan sampler (not built yet)
 
     try:
         clip = next(ClipStream(cfg.data, "val", 0, 0, 1, 1).samples())[2]

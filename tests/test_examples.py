@@ -253,3 +253,39 @@ def test_tiny_world_model_recipe_smoke_and_ship(tmp_path):
     assert "copy-last" in res["summary_md"] and res["settings"]["ARCH"] == "tiny"
     model = load_model(tmp_path / "assets" / "tiny-world-model")
     assert model.unet.config.action_dim == 18 and next(model.unet.parameters()).dtype.is_floating_point
+
+
+def test_wan_recipe_smoke_runs_every_stage(tmp_path):
+    """examples/wan_rt1.sh --smoke: the Wan family through all five stages on RT-1's layout."""
+    out = tmp_path / "wan"
+    res = _recipe("wan_rt1", "--smoke", str(out))
+    assert res.returncode == 0, f"wan_rt1.sh --smoke failed:\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+    for stage in ("prepare", "causalize", "train", "rollout", "eval"):
+        assert f"== v2w {stage}" in res.stderr, stage
+    assert "--family wan" in res.stderr and "tiny-wan" in res.stderr
+    report = json.loads((out / "report" / "metrics.json").read_text())
+    assert report["rollout"]["horizon"] == 8 and report["rollout"]["context_frames"] == 1
+    for s in ("model", "copy-last", "shuffled-actions"):
+        assert len(report["sets"][s]["psnr_per_horizon"]) == 8 and math.isfinite(report["sets"][s]["psnr"])
+    assert json.loads((out / "run" / "final" / "config.json").read_text())["family"] == "wan"
+
+
+def test_wan_recipe_full_settings(tmp_path):
+    """Without --smoke: the 1.3B from the HF cache, 17-frame clips at 320x512, bf16 rollouts, 4 processes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("v2w", "accelerate"):
+        (bin_dir / tool).write_text(_STUB.format(python=sys.executable))
+        (bin_dir / tool).chmod(0o755)
+    log = tmp_path / "log.jsonl"
+    env = _env()
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STUB_LOG=str(log), STUB_ADIM="13", RAW=str(tmp_path / "raw"))
+    res = subprocess.run(["bash", str(ROOT / "examples" / "wan_rt1.sh"), str(tmp_path / "out")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    prepare, causalize, train, rollout, evaluate = [json.loads(line) for line in log.read_text().splitlines()]
+    assert _opt(prepare, "--size") == "320x512" and _opt(prepare, "--clip-len") == "17"
+    assert _opt(causalize, "--family") == "wan" and _opt(causalize, "--ckpt") == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    assert _opt(causalize, "--action-dim") == "13"
+    assert train[:5] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "4"] and _opt(train, "--precision") == "bf16"
+    assert _opt(rollout, "--precision") == "bf16" and _opt(rollout, "--steps") == "50" and _opt(evaluate, "--preset") == "rt1"

@@ -53,6 +53,9 @@ def encode_latents(
         raise V2WError(f"frames are {h}x{w}; the VAE needs sizes divisible by 8 (re-prepare with --size)", path=data)
     fp = model_fingerprint(model_path)
     model = load_model(model_path, device)
+    if getattr(model, "family", "") == "wan":
+        raise V2WError("Wan models encode clips on the fly with their causal VAE (1 + 4k frames -> 1 + k latents, "
+                       "not frame by frame); v2w encode is for the U-Net families", path=model_path)
     vae = model.vae
     scale = float(model.meta.get("latent_scale", 0.18215))
     todo = [(s, i) for s in SPLITS for i, sh in enumerate(manifest["splits"][s]["shards"]) if sh.get("latents") != fp]

@@ -35,8 +35,8 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from pipelines.errors import V2WError
 from pipelines.models.action import ACTION_TYPES, ActionEncoder
+from pipelines.models.latent_frames import TEMPORAL_COMPRESSION, group_actions, video_to_latent_frames  # noqa: F401  (re-exported)
 
-TEMPORAL_COMPRESSION = 4  # Wan VAE: 1 + 4k video frames -> 1 + k latent frames
 TEXT_TOKENS = 512  # Wan's text context length (UMT5, padded with zeros)
 WAN_HUB = {"wan2.1-t2v-1.3b": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"}  # short names for --ckpt
 
@@ -49,23 +49,6 @@ TINY_WAN_TRANSFORMER = dict(
 TINY_WAN_VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
                     temperal_downsample=[True, True], dropout=0.0, latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
                     scale_factor_temporal=4, scale_factor_spatial=4)
-
-
-def video_to_latent_frames(video_frames: int) -> int:
-    """1 + 4k video frames -> 1 + k latent frames (anything else is an error naming the rule)."""
-    if video_frames < 1 or (video_frames - 1) % TEMPORAL_COMPRESSION:
-        raise V2WError(f"Wan models take 1 + {TEMPORAL_COMPRESSION}k video frames (1, 5, 9, ...). Got {video_frames}")
-    return 1 + (video_frames - 1) // TEMPORAL_COMPRESSION
-
-
-def group_actions(frame_inputs: torch.Tensor) -> torch.Tensor:
-    """Per-video-frame action inputs (B, 1 + 4k, A) (frame t's row is a_{t-1}, frame 0's is zeros) ->
-    per-latent-frame inputs (B, 1 + k, 4A): latent frame j >= 1 concatenates the rows of video frames
-    4j-3 .. 4j in order; latent frame 0 (the first video frame alone) gets zeros."""
-    b, t, a = frame_inputs.shape
-    k = video_to_latent_frames(t) - 1
-    rest = frame_inputs[:, 1:].reshape(b, k, TEMPORAL_COMPRESSION * a)
-    return torch.cat([rest.new_zeros(b, 1, TEMPORAL_COMPRESSION * a), rest], dim=1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -165,6 +148,13 @@ class WanWorldTransformer(nn.Module):
     def cached_layers(self) -> list[nn.Module]:
         """The layers that keep keys/values in an activation cache (every block's self-attention)."""
         return [block.attn1 for block in self.transformer.blocks]
+
+    def frame_mixing_parameters(self) -> list[nn.Parameter]:
+        """``v2w train --train temporal`` for a DiT: the layers where frames meet (every block's
+        self-attention) and the time embedding that carries noise levels and actions."""
+        ce = self.transformer.condition_embedder
+        mods = [b.attn1 for b in self.transformer.blocks] + [ce.time_embedder, ce.time_proj]
+        return [p for m in mods for p in m.parameters()] + (list(self.action_encoder.parameters()) if self.action_encoder else [])
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.gradient_checkpointing = enabled

@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, write_json_atomic
 from pipelines.models.checkpoint import hub_reachable
+from pipelines.models.latent_frames import video_to_latent_frames
 from pipelines.models.model_folder import model_header, read_model_config
 from pipelines.models.wan import (
     TEXT_TOKENS,
@@ -192,6 +193,33 @@ def to_float32_module(module: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------- the MODEL
 
 
+class CausalVAEDecoder:
+    """Wan's VAE decoder one latent frame at a time, its causal cache (the last input frames of every
+    causal conv) kept across :meth:`push` calls: the loop of diffusers' ``AutoencoderKLWan._decode``
+    with the cache outliving the call, so a rollout decodes each new latent frame once instead of the
+    whole clip again. ``push`` of all latents in any split equals ``decode_latents`` of them at once."""
+
+    def __init__(self, model: "WanWorldModel"):
+        if model.vae is None:
+            raise V2WError("this model has no VAE")
+        self.model, self.vae = model, model.vae
+        self.feat_map = [None] * self.vae._cached_conv_counts["decoder"]
+        self.first = True
+        self.frames = 0  # latent frames decoded so far
+
+    @torch.no_grad()
+    def push(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, z, F, h, w) -> their video frames (B, 3, 1 + 4(F-1) or 4F, H, W) in [-1, 1]."""
+        mean, std = self.model._latent_stats(latents)
+        x = self.vae.post_quant_conv((latents * std + mean).to(next(self.vae.parameters()).dtype))  # 1x1x1: no time
+        out = []
+        for i in range(x.shape[2]):
+            out.append(self.vae.decoder(x[:, :, i : i + 1], feat_cache=self.feat_map, feat_idx=[0], first_chunk=self.first))
+            self.first = False
+        self.frames += x.shape[2]
+        return torch.cat(out, dim=2).clamp(-1, 1).float()
+
+
 class WanWorldModel(nn.Module):
     """World transformer + Wan VAE + the stored empty-prompt context, saved as one MODEL folder."""
 
@@ -203,6 +231,56 @@ class WanWorldModel(nn.Module):
         self.transformer, self.vae = transformer, vae
         self.register_buffer("empty_text", empty_text, persistent=False)
         self.meta = dict(meta or {})
+
+    image_encoder = image_proj = None  # conditioning is the history itself: no image encoder
+
+    @property
+    def unet(self) -> WanWorldTransformer:
+        """The denoiser, under the name the shared train / rollout code uses for every family."""
+        return self.transformer
+
+    @property
+    def vae_factor(self) -> int:
+        return int(self.vae.config.scale_factor_spatial) if self.vae is not None else 8
+
+    @property
+    def size_factor(self) -> int:
+        """Frame sizes must be multiples of this: VAE x patch."""
+        return self.vae_factor * int(self.transformer.transformer.config.patch_size[1])
+
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.vae.config
+        shape = (1, len(c.latents_mean), 1, 1, 1)
+        return (torch.tensor(c.latents_mean, dtype=like.dtype, device=like.device).view(shape),
+                torch.tensor(c.latents_std, dtype=like.dtype, device=like.device).view(shape))
+
+    def encode_frames(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """(B, 3, 1 + 4k, H, W) in [-1, 1] -> normalised latents (B, z, 1 + k, H/f, W/f) (Wan's causal VAE,
+        posterior mode unless ``sample``; normalised with the VAE's latents_mean / latents_std as WanPipeline)."""
+        if self.vae is None:
+            raise V2WError("this model has no VAE")
+        video_to_latent_frames(frames.shape[2])
+        dist = self.vae.encode(frames.to(next(self.vae.parameters()).dtype)).latent_dist
+        z = dist.sample() if sample else dist.mode()
+        mean, std = self._latent_stats(z)
+        return ((z - mean) / std).float()
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents (B, z, 1 + k, h, w) -> frames (B, 3, 1 + 4k, H, W) in [-1, 1]."""
+        if self.vae is None:
+            raise V2WError("this model has no VAE")
+        mean, std = self._latent_stats(latents)
+        return self.vae.decode((latents * std + mean).to(next(self.vae.parameters()).dtype)).sample.float()
+
+    def decoder_stream(self) -> "CausalVAEDecoder":
+        """Decode latent frames as they come, each once (the VAE's causal cache kept between calls)."""
+        return CausalVAEDecoder(self)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, actions: torch.Tensor | None = None,
+                frame_offset: int = 0) -> torch.Tensor:
+        """The denoiser with its (empty-prompt) context: one module, so data-parallel training syncs it."""
+        ctx = self.empty_text.to(x.dtype).expand(x.shape[0], -1, -1)
+        return self.transformer(x, timesteps, ctx, actions, frame_offset)
 
     def config_dict(self) -> dict:
         return {

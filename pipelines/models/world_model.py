@@ -39,6 +39,8 @@ LATENT_SCALE = 0.18215
 class WorldModel(nn.Module):
     """U-Net + VAE + image conditioning, saved and loaded as one MODEL directory."""
 
+    family = "dynamicrafter"
+
     def __init__(
         self,
         unet: VideoUNet,

@@ -1,0 +1,155 @@
+"""Autoregressive rollout of a Wan world model (flow matching, one latent frame = 4 video frames).
+
+The same contract as :class:`pipelines.sampler.Roller`, in video frames: ``rollout(context latents,
+context pixels, per-video-frame action inputs (B, C + H, A), H)`` with C = 1 + 4m context frames and
+H a multiple of 4; ``decode(pred)`` turns the predicted latents into H video frames (the causal VAE
+decodes them after the context's latents, as they were encoded). Per new latent frame:
+
+1. the window: the new frame and up to ``window - 1`` latent frames before it, their rotary positions
+   counted from the window's first frame (as in training, where clips start at 0);
+2. the cache: history frames enter once, re-noised to sigma_h = history_noise / 1000 with noise drawn
+   once (x = (1 - sigma_h) z + sigma_h eps); their keys/values stay in the activation cache, so each
+   denoising step runs the new frame alone (when the window slides every position changes: rebuilt);
+3. denoise from pure noise with Euler steps on diffusers' FlowMatchEulerDiscreteScheduler sigmas
+   (Wan's shift): x <- x + (sigma_next - sigma) v, v guided on the newest frame's 4 actions
+   (the unconditional pass zeroes them), then guidance rescale, as the U-Net sampler.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pipelines.devices import autocast
+from pipelines.errors import V2WError
+from pipelines.models.cache import ActivationCache, activation_cache
+from pipelines.models.latent_frames import TEMPORAL_COMPRESSION, group_actions, video_to_latent_frames
+from pipelines.sampler import Roller, RolloutConfig, guide, randn
+
+
+def flow_sigmas(steps: int, shift: float) -> list[float]:
+    """sigma_0 = 1 (pure noise) ... sigma_steps = 0, diffusers' FlowMatchEuler schedule with Wan's shift."""
+    from diffusers import FlowMatchEulerDiscreteScheduler  # diffusers is slow to import: only when sampling
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    sched.set_timesteps(steps)
+    return [float(s) for s in sched.sigmas]
+
+
+class WanRoller(Roller):
+    """:class:`Roller` for the Wan family (see the module doc); ``window`` counts latent frames."""
+
+    def __init__(self, model, cfg: RolloutConfig):
+        self.model, self.cfg = model, cfg
+        model.eval()
+        self.unet = model.transformer
+        if cfg.mode != "autoregressive":
+            raise V2WError("Wan models roll out autoregressively only (--mode autoregressive)")
+        if cfg.cache is None:
+            cfg.cache = True  # exact: no norm in a Wan block mixes frames
+        clip_len = (model.meta.get("trained") or {}).get("clip_len")
+        self.window = cfg.window or (video_to_latent_frames(int(clip_len)) if clip_len else 5)
+        if self.window < 2:
+            raise V2WError(f"--window must be >= 2 latent frames. Got {self.window}")
+        self.sigmas = flow_sigmas(cfg.steps, float(model.meta.get("schedule", {}).get("flow_shift", 3.0)))
+        self.sigma_h = cfg.history_noise / 1000
+        self.timing: list[float] = []
+        self.frame_passes = 0
+        self._context = None  # the last rollout's context latents, for decode()
+
+    # ------------------------------------------------------------------ pieces
+
+    def _net(self, x, sigmas_per_frame, acts, offset: int):
+        """The world transformer on latent frames at positions [offset, offset + F) of the window."""
+        self.frame_passes += x.shape[0] * x.shape[2]
+        with autocast(x.device, self.cfg.precision):
+            return self.model(x, sigmas_per_frame * 1000, acts, frame_offset=offset).to(x.dtype)
+
+    def _guided_v(self, x_all, sig_all, acts, offset: int):
+        """Velocity of the newest frame (the last of x_all): conditional, or guided against the same pass
+        with the newest frame's actions zeroed (both halves in one batch)."""
+        if acts is None or self.cfg.guidance == 1.0:
+            return self._net(x_all, sig_all, acts, offset)[:, :, -1:]
+        uncond = acts.clone()
+        uncond[:, -1] = 0
+        v = self._net(torch.cat([x_all, x_all]), torch.cat([sig_all, sig_all]), torch.cat([acts, uncond]), offset)[:, :, -1:]
+        v_c, v_u = v.chunk(2)
+        return guide(v_c, v_u, self.cfg.guidance, self.cfg.guidance_rescale)
+
+    # ------------------------------------------------------------------ the loop
+
+    @torch.no_grad()
+    def rollout(self, context_latents, context_pixels, actions, horizon: int, on_frame=None) -> torch.Tensor:
+        """-> predicted latents (B, C_z, H / 4, h, w)."""
+        n_video = context_pixels.shape[2]
+        if horizon % TEMPORAL_COMPRESSION:
+            raise V2WError(f"a Wan model predicts {TEMPORAL_COMPRESSION} video frames per latent frame: the horizon "
+                           f"must be a multiple of {TEMPORAL_COMPRESSION}. Got {horizon}")
+        if video_to_latent_frames(n_video) != context_latents.shape[2]:
+            raise V2WError(f"{n_video} context frames but {context_latents.shape[2]} context latents")
+        acts = None
+        if actions is not None:
+            if actions.shape[1] < n_video + horizon:
+                raise V2WError(f"need {n_video + horizon} per-frame actions, got {actions.shape[1]}")
+            acts = group_actions(actions[:, : n_video + horizon])  # (B, latent frames, 4A)
+        self._context = context_latents
+        b = context_latents.shape[0]
+        g = self._generators(b)
+        clean = [context_latents[:, :, i : i + 1] for i in range(context_latents.shape[2])]
+        noised = [self._renoise(z, g) for z in clean]
+        cache, cache_start, cached = ActivationCache(), None, 0
+        preds = []
+        for k in range(horizon // TEMPORAL_COMPRESSION):
+            t0 = time.perf_counter()
+            n = len(clean)
+            start = max(0, n - (self.window - 1))
+            hist = n - start
+            win_acts = acts[:, start : n + 1] if acts is not None else None
+            if self.cfg.cache:
+                if cache_start != start:  # the window slid: every position (and so every key) changed
+                    cache.clear()
+                    cache_start, cached = start, 0
+                if cached < hist:  # history frames that joined the window since: one pass, both guidance halves
+                    x_add = torch.cat(noised[start + cached : n], dim=2)
+                    sig_add = torch.full((b, hist - cached), self.sigma_h, device=x_add.device)
+                    a_add = win_acts[:, cached:hist] if win_acts is not None else None
+                    if self._guided(win_acts):
+                        x_add, sig_add, a_add = torch.cat([x_add, x_add]), torch.cat([sig_add, sig_add]), torch.cat([a_add, a_add])
+                    with activation_cache(self.unet, cache, "append"):
+                        self._net(x_add, sig_add, a_add, cached)
+                    cached = hist
+            x = randn(clean[0].shape, g).to(clean[0])
+            for sigma, sigma_next in zip(self.sigmas[:-1], self.sigmas[1:]):
+                if self.cfg.cache:
+                    sig = torch.full((b, 1), sigma, device=x.device)
+                    a_new = win_acts[:, hist:] if win_acts is not None else None
+                    with activation_cache(self.unet, cache, "read"):
+                        v = self._guided_v(x, sig, a_new, hist)
+                else:
+                    x_all = torch.cat([*noised[start:n], x], dim=2)
+                    sig = torch.tensor([self.sigma_h] * hist + [sigma], device=x.device).expand(b, -1)
+                    v = self._guided_v(x_all, sig, win_acts, 0)
+                x = x + (sigma_next - sigma) * v
+            clean.append(x)
+            noised.append(self._renoise(x, g))
+            preds.append(x)
+            seconds = time.perf_counter() - t0
+            for j in range(TEMPORAL_COMPRESSION):  # per video frame, as the U-Net sampler reports
+                self.timing.append(seconds / TEMPORAL_COMPRESSION)
+                if on_frame:
+                    on_frame(k * TEMPORAL_COMPRESSION + j, seconds / TEMPORAL_COMPRESSION, horizon)
+        return torch.cat(preds, dim=2)
+
+    def _renoise(self, z, generator):
+        return (1 - self.sigma_h) * z + self.sigma_h * randn(z.shape, generator).to(z)
+
+    def stream(self, *args, **kwargs):
+        raise V2WError("frame-by-frame rollout (v2w play) is not built for Wan models yet")
+
+    def decode(self, pred: torch.Tensor) -> torch.Tensor:
+        """Predicted latents -> their 4 video frames each: the causal VAE reads the context's latents first
+        (their frames are known and dropped), then each predicted latent frame once."""
+        stream = self.model.decoder_stream()
+        stream.push(self._context)
+        return stream.push(pred)
