@@ -37,8 +37,17 @@ from pipelines.data.shards import decode_sample, iter_shard
 from pipelines.data.video import encode_mp4, resize_frames
 from pipelines.errors import V2WError
 from pipelines.fileio import atomic_dir, write_json_atomic
-from pipelines.rollout import action_names, check_size, model_size, normalize_actions, read_frames, to_pixels, to_uint8
-from pipelines.sampler import Roller, RolloutConfig
+from pipelines.rollout import (
+    action_names,
+    check_size,
+    make_roller,
+    model_size,
+    normalize_actions,
+    read_frames,
+    to_pixels,
+    to_uint8,
+)
+from pipelines.sampler import RolloutConfig
 
 ATARI_TOKENS = ("UP", "DOWN", "LEFT", "RIGHT", "FIRE")
 ATARI_KEYS = {  # browser KeyboardEvent.key (letters lower-cased) -> Atari token
@@ -191,7 +200,7 @@ class PlaySession:
     def __init__(self, model, context: np.ndarray, settings: PlaySettings, model_name: str = "MODEL", device: str = "cpu"):
         self.model, self.context, self.settings, self.model_name, self.device = model, context, settings, model_name, device
         self.bindings = KeyBindings.for_model(model)
-        self.roller = Roller(model, settings.rollout_config())
+        self.roller = make_roller(model, settings.rollout_config())
         pixels = to_pixels(context, device)
         with torch.no_grad():
             self.context_latents = model.encode_frames(pixels)
@@ -226,10 +235,11 @@ class PlaySession:
         else:
             row = torch.nn.functional.one_hot(torch.tensor([[int(raw)]]), c.action_dim).float()
         action_input = normalize_actions(self.model, row)[:, 0].to(self.context_pixels.device)
+        if self.stream.buffered:  # Wan: this frame was predicted with the action held when its latent frame was
+            raw, label = self.held
+        self.held = (raw, label)
         with torch.no_grad():
-            latent = self.stream.step(action_input)
-            pixels = self.model.decode_latents(latent)
-        self.stream.pixels[self.stream.frames - 1] = pixels[:, :, 0]  # decoded once: the window start reuses it
+            pixels = self.stream.next_frame(action_input)
         frame = to_uint8(pixels)[0, 0]
         ms = (time.perf_counter() - t0) * 1000
         self.frames.append(frame)
@@ -245,7 +255,10 @@ class PlaySession:
         folder = Path(folder)
         fps = float((self.model.meta.get("trained") or {}).get("fps") or 8)
         discrete = self.bindings.kind != "continuous"
-        acts = (np.array(self.actions, dtype=np.int64) if discrete else np.array(self.actions, dtype=np.float32).reshape(len(self.actions), -1))
+        # Wan predicts 4 frames at once: the frames made ahead used the last action too, so a replay (whole
+        # latent frames) predicts them as well; acts.npy gets their rows
+        used = self.actions + self.actions[-1:] * ((-len(self.actions)) % self.stream.frames_per_step)
+        acts = (np.array(used, dtype=np.int64) if discrete else np.array(used, dtype=np.float32).reshape(len(used), -1))
         s = self.settings
         replay = (f"v2w rollout --model {self.model_name} --context {folder / 'context.npy'} --actions {folder / 'acts.npy'} "
                   f"--context-frames {self.context.shape[0]} --steps {s.steps} --guidance {s.guidance} "

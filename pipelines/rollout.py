@@ -474,7 +474,7 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
         raise V2WError("--action-sweep needs --context: the image, video or .npy of frames to start every row from")
     model = load_model(job.model, job.device)
     n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
-    horizon = job.horizon or SWEEP_HORIZON
+    horizon = job.horizon or (8 if getattr(model, "family", "") == "wan" else SWEEP_HORIZON)  # Wan: whole latent frames
     if horizon < 1:
         raise V2WError(f"--horizon must be >= 1. Got {horizon}")
     if rows is None:

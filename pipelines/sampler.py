@@ -340,9 +340,19 @@ class RolloutStream:
         self.cache, self.cache_start, self.cached = ActivationCache(), None, 0
         self.window_ctx, self.ctx_start = None, None
 
+    frames_per_step = 1  # video frames one prediction makes
+    buffered = 0  # frames decoded ahead (none: one frame per prediction)
+
     @property
     def frames(self) -> int:
         return len(self.clean)
+
+    @torch.no_grad()
+    def next_frame(self, action: torch.Tensor | None = None) -> torch.Tensor:
+        """The next frame decoded (B, 3, 1, H, W) (``v2w play``); its pixels are kept for when it starts the window."""
+        pixels = self.roller.model.decode_latents(self.step(action))
+        self.pixels[self.frames - 1] = pixels[:, :, 0]  # decoded once: the window start reuses it
+        return pixels
 
     @torch.no_grad()
     def step(self, action: torch.Tensor | None = None) -> torch.Tensor:

@@ -81,59 +81,22 @@ class WanRoller(Roller):
 
     @torch.no_grad()
     def rollout(self, context_latents, context_pixels, actions, horizon: int, on_frame=None) -> torch.Tensor:
-        """-> predicted latents (B, C_z, H / 4, h, w)."""
+        """-> predicted latents (B, C_z, H / 4, h, w); ``actions`` per-video-frame inputs (B, C + H, A) or None."""
         n_video = context_pixels.shape[2]
         if horizon % TEMPORAL_COMPRESSION:
             raise V2WError(f"a Wan model predicts {TEMPORAL_COMPRESSION} video frames per latent frame: the horizon "
                            f"must be a multiple of {TEMPORAL_COMPRESSION}. Got {horizon}")
-        if video_to_latent_frames(n_video) != context_latents.shape[2]:
-            raise V2WError(f"{n_video} context frames but {context_latents.shape[2]} context latents")
         acts = None
         if actions is not None:
             if actions.shape[1] < n_video + horizon:
                 raise V2WError(f"need {n_video + horizon} per-frame actions, got {actions.shape[1]}")
             acts = group_actions(actions[:, : n_video + horizon])  # (B, latent frames, 4A)
-        self._context = context_latents
-        b = context_latents.shape[0]
-        g = self._generators(b)
-        clean = [context_latents[:, :, i : i + 1] for i in range(context_latents.shape[2])]
-        noised = [self._renoise(z, g) for z in clean]
-        cache, cache_start, cached = ActivationCache(), None, 0
+        n_ctx = context_latents.shape[2]
+        stream = self.stream(context_latents, context_pixels, actions[:, :n_video] if actions is not None else None)
         preds = []
         for k in range(horizon // TEMPORAL_COMPRESSION):
             t0 = time.perf_counter()
-            n = len(clean)
-            start = max(0, n - (self.window - 1))
-            hist = n - start
-            win_acts = acts[:, start : n + 1] if acts is not None else None
-            if self.cfg.cache:
-                if cache_start != start:  # the window slid: every position (and so every key) changed
-                    cache.clear()
-                    cache_start, cached = start, 0
-                if cached < hist:  # history frames that joined the window since: one pass, both guidance halves
-                    x_add = torch.cat(noised[start + cached : n], dim=2)
-                    sig_add = torch.full((b, hist - cached), self.sigma_h, device=x_add.device)
-                    a_add = win_acts[:, cached:hist] if win_acts is not None else None
-                    if self._guided(win_acts):
-                        x_add, sig_add, a_add = torch.cat([x_add, x_add]), torch.cat([sig_add, sig_add]), torch.cat([a_add, a_add])
-                    with activation_cache(self.unet, cache, "append"):
-                        self._net(x_add, sig_add, a_add, cached)
-                    cached = hist
-            x = randn(clean[0].shape, g).to(clean[0])
-            for sigma, sigma_next in zip(self.sigmas[:-1], self.sigmas[1:]):
-                if self.cfg.cache:
-                    sig = torch.full((b, 1), sigma, device=x.device)
-                    a_new = win_acts[:, hist:] if win_acts is not None else None
-                    with activation_cache(self.unet, cache, "read"):
-                        v = self._guided_v(x, sig, a_new, hist)
-                else:
-                    x_all = torch.cat([*noised[start:n], x], dim=2)
-                    sig = torch.tensor([self.sigma_h] * hist + [sigma], device=x.device).expand(b, -1)
-                    v = self._guided_v(x_all, sig, win_acts, 0)
-                x = x + (sigma_next - sigma) * v
-            clean.append(x)
-            noised.append(self._renoise(x, g))
-            preds.append(x)
+            preds.append(stream.step_latent(acts[:, n_ctx + k] if acts is not None else None))
             seconds = time.perf_counter() - t0
             for j in range(TEMPORAL_COMPRESSION):  # per video frame, as the U-Net sampler reports
                 self.timing.append(seconds / TEMPORAL_COMPRESSION)
@@ -141,11 +104,13 @@ class WanRoller(Roller):
                     on_frame(k * TEMPORAL_COMPRESSION + j, seconds / TEMPORAL_COMPRESSION, horizon)
         return torch.cat(preds, dim=2)
 
+    def stream(self, context_latents, context_pixels, context_actions=None) -> "WanRolloutStream":
+        """A rollout advanced one latent frame (``step_latent``) or one video frame (``next_frame``) at a time."""
+        self._context = context_latents
+        return WanRolloutStream(self, context_latents, context_pixels, context_actions)
+
     def _renoise(self, z, generator):
         return (1 - self.sigma_h) * z + self.sigma_h * randn(z.shape, generator).to(z)
-
-    def stream(self, *args, **kwargs):
-        raise V2WError("frame-by-frame rollout (v2w play) is not built for Wan models yet")
 
     def decode(self, pred: torch.Tensor) -> torch.Tensor:
         """Predicted latents -> their 4 video frames each: the causal VAE reads the context's latents first
@@ -153,3 +118,93 @@ class WanRoller(Roller):
         stream = self.model.decoder_stream()
         stream.push(self._context)
         return stream.push(pred)
+
+
+class WanRolloutStream:
+    """One Wan rollout's state: clean and re-noised latents of every latent frame, their action groups,
+    the key/value cache, and (for ``next_frame``) the streaming VAE decoder with decoded frames not yet
+    shown. The same calls in the same order draw the same noise, so a stream fed the actions of a file
+    reproduces ``WanRoller.rollout`` of that file exactly."""
+
+    frames_per_step = TEMPORAL_COMPRESSION  # video frames one prediction makes
+
+    def __init__(self, roller: WanRoller, context_latents, context_pixels, context_actions=None):
+        self.roller = r = roller
+        n_video = context_pixels.shape[2]
+        if video_to_latent_frames(n_video) != context_latents.shape[2]:
+            raise V2WError(f"{n_video} context frames but {context_latents.shape[2]} context latents")
+        self.g = r._generators(context_latents.shape[0])
+        self.clean = [context_latents[:, :, i : i + 1] for i in range(context_latents.shape[2])]
+        self.noised = [r._renoise(z, self.g) for z in self.clean]
+        self.groups = list(group_actions(context_actions).unbind(1)) if context_actions is not None else None
+        self.cache, self.cache_start, self.cached = ActivationCache(), None, 0
+        self.decoder, self.shown = None, []  # next_frame only
+
+    @property
+    def frames(self) -> int:
+        return len(self.clean)
+
+    @property
+    def buffered(self) -> int:
+        """Decoded video frames that ``next_frame`` has not returned yet."""
+        return len(self.shown)
+
+    @torch.no_grad()
+    def step_latent(self, group: torch.Tensor | None = None) -> torch.Tensor:
+        """The next latent frame (B, C, 1, h, w) given its 4 actions' inputs concatenated (B, 4A)."""
+        r, cfg = self.roller, self.roller.cfg
+        if (group is None) != (self.groups is None):
+            raise V2WError("pass actions for every frame when the context had actions, and none otherwise")
+        b = self.clean[0].shape[0]
+        # 1. the window
+        n = len(self.clean)
+        start = max(0, n - (r.window - 1))
+        hist = n - start
+        win_acts = None
+        if self.groups is not None:
+            self.groups.append(group)
+            win_acts = torch.stack(self.groups[start : n + 1], dim=1)
+        # 2. the cache: history frames that joined the window since (a slide changes every position: rebuilt)
+        if cfg.cache:
+            if self.cache_start != start:
+                self.cache.clear()
+                self.cache_start, self.cached = start, 0
+            if self.cached < hist:
+                x_add = torch.cat(self.noised[start + self.cached : n], dim=2)
+                sig_add = torch.full((b, hist - self.cached), r.sigma_h, device=x_add.device)
+                a_add = win_acts[:, self.cached : hist] if win_acts is not None else None
+                if r._guided(win_acts):
+                    x_add, sig_add, a_add = torch.cat([x_add, x_add]), torch.cat([sig_add, sig_add]), torch.cat([a_add, a_add])
+                with activation_cache(r.unet, self.cache, "append"):
+                    r._net(x_add, sig_add, a_add, self.cached)
+                self.cached = hist
+        # 3. denoise the new latent frame from pure noise (Euler on the flow)
+        x = randn(self.clean[0].shape, self.g).to(self.clean[0])
+        for sigma, sigma_next in zip(r.sigmas[:-1], r.sigmas[1:]):
+            if cfg.cache:
+                sig = torch.full((b, 1), sigma, device=x.device)
+                with activation_cache(r.unet, self.cache, "read"):
+                    v = r._guided_v(x, sig, win_acts[:, hist:] if win_acts is not None else None, hist)
+            else:
+                x_all = torch.cat([*self.noised[start:n], x], dim=2)
+                sig = torch.tensor([r.sigma_h] * hist + [sigma], device=x.device).expand(b, -1)
+                v = r._guided_v(x_all, sig, win_acts, 0)
+            x = x + (sigma_next - sigma) * v
+        # 4. it joins the history, re-noised once
+        self.clean.append(x)
+        self.noised.append(r._renoise(x, self.g))
+        return x
+
+    @torch.no_grad()
+    def next_frame(self, action: torch.Tensor | None = None) -> torch.Tensor:
+        """The next *video* frame (B, 3, 1, H, W) for ``v2w play``: when none is decoded ahead, the action
+        held now is used for the next 4 frames (one latent frame: its 4 action inputs), predicted and
+        decoded once; the following 3 calls return the frames already made (their action is ignored)."""
+        if not self.shown:
+            if self.decoder is None:
+                self.decoder = self.roller.model.decoder_stream()
+                self.decoder.push(torch.cat(self.clean, dim=2))  # the context's frames: known, not shown
+            group = action.repeat(1, TEMPORAL_COMPRESSION) if action is not None else None
+            frames = self.decoder.push(self.step_latent(group))
+            self.shown = list(frames.split(1, dim=2))
+        return self.shown.pop(0)

@@ -149,6 +149,12 @@ def test_cli_batch_rollout_and_eval(wan_env, tmp_path):
     res = runner.invoke(app, ["rollout", "--model", str(wan_env / "model"), "--data", str(wan_env / "data"), "--split", "val",
                               "--out", str(tmp_path / "p2"), "--context-frames", "2"])
     assert res.exit_code == 1 and "1 + 4k video frames" in res.output
+    np.save(tmp_path / "ctx.npy", clip["context"])
+    res = runner.invoke(app, ["rollout", "--model", str(wan_env / "model"), "--context", str(tmp_path / "ctx.npy"),
+                              "--action-sweep", "--steps", "2", "--out", str(tmp_path / "sweep"), "--json"])
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "sweep" / "sweep.npz") as sweep:
+        assert sweep["frames"].shape[:2] == (4, 1 + 8)  # 4 actions, context + 2 latent frames of 4
 
 
 def test_streaming_vae_decode_equals_decoding_the_whole_clip(wan_env):
@@ -161,3 +167,25 @@ def test_streaming_vae_decode_equals_decoding_the_whole_clip(wan_env):
         parts = [stream.push(lat[:, :, :1]), stream.push(lat[:, :, 1:3]), stream.push(lat[:, :, 3:])]
     assert [p.shape[2] for p in parts] == [1, 8, 4] and whole.shape[2] == 13
     assert (torch.cat(parts, dim=2) - whole).abs().max() <= 1e-5
+
+
+def test_play_session_on_wan_replays_with_v2w_rollout(wan_env, tmp_path):
+    """v2w play on a Wan MODEL: one latent frame (4 video frames) per held action, shown frame by frame;
+    record writes acts.npy for whole latent frames, and `v2w rollout --actions` reproduces every frame."""
+    from pipelines.play import PlaySession, PlaySettings, load_context
+    from pipelines.rollout import RolloutJob, run_interactive
+
+    model = load_model(wan_env / "model")
+    ctx, _ = load_context(model, data=str(wan_env / "data"), context_frames=1)
+    session = PlaySession(model, ctx, PlaySettings(steps=2, guidance=2.0, seed=3), model_name=str(wan_env / "model"))
+    keys = [["2"], ["4"], ["1"], [], ["3"], ["4"]]  # frames 1-4 use "2"; frames 5-8 use "3" (held at frame 5)
+    frames = [session.step(k)["frame"] for k in keys]
+    assert session.actions == [1, 1, 1, 1, 2, 2] and len(frames) == 6
+    rec = session.record(tmp_path / "rec")
+    assert np.load(rec / "acts.npy").tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    run_interactive(RolloutJob(model=str(wan_env / "model"), out=str(tmp_path / "replay"), context=str(rec / "context.npy"),
+                               actions=str(rec / "acts.npy"), context_frames=1), RolloutConfig(steps=2, guidance=2.0, seed=3))
+    replay = np.load(tmp_path / "replay" / "frames.npy")
+    np.testing.assert_array_equal(replay[: 1 + 6], np.load(rec / "frames.npy"))
+    assert np.array_equal(session.reset(), ctx[-1])
+    assert all(np.array_equal(a, session.step(k)["frame"]) for a, k in zip(frames, keys))

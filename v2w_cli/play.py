@@ -55,9 +55,6 @@ def play(
     device = str(resolve_device(device))
     path = str(shipped_world_model()) if model == "tiny" else model
     m = load_model(path, device)
-    if getattr(m, "family", "") == "wan":
-        raise V2WError("v2w play does not drive Wan models yet (frame-by-frame streaming is U-Net only); "
-                       "use v2w rollout --context ... --actions acts.npy", path=path)
     KeyBindings.for_model(m)  # a MODEL without actions: refused now, not when a tab connects
     if context is None and data is None and model == "tiny":
         context = _fresh_boxing_start(context_frames or 2)

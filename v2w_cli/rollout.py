@@ -49,7 +49,7 @@ def rollout(
     action_sweep: bool = typer.Option(
         False, "--action-sweep",
         help="Roll --context out once per action (discrete: each id held; continuous: each dimension at mean -/+ std) "
-        "-> OUT/sweep.png, sweep.mp4, sweep.npz [--horizon default 6].",
+        "-> OUT/sweep.png, sweep.mp4, sweep.npz [--horizon default 6; 8 for Wan models].",
     ),
     sweep_actions: str = typer.Option(
         None, "--sweep-actions", help="With --action-sweep: only these ids / dimensions, e.g. 0,3,4."
