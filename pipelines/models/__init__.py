@@ -8,6 +8,9 @@
     out = unet(x, timesteps, context=context, fs=fs)          # x (B, C, T, H, W); timesteps (B,) or (B, T)
     causal = causalize(unet, transfer="extrapolative", norm="per-frame", action_dim=7)
     model = load_model("runs/rt1/final")                      # anything causalize / train wrote
+    wan = WanWorldTransformer(WanTransformer3DModel.from_pretrained(..., subfolder="transformer"),
+                              WanWorldConfig(action_dim=7))    # a Wan 2.1 DiT, block-causal
+    v = wan(x, timesteps, context, actions=group_actions(per_frame_actions))  # timesteps (B, F) per latent frame
 
 Names resolve lazily (importing this package does not build anything).
 """
@@ -26,6 +29,10 @@ _EXPORTS = {
     "CausalTemporalConv3d": "pipelines.models.causal",
     "FrameGroupNorm": "pipelines.models.causal",
     "transfer_temporal_kernel": "pipelines.models.causal",
+    "WanWorldTransformer": "pipelines.models.wan",
+    "WanWorldConfig": "pipelines.models.wan",
+    "WanWorldModel": "pipelines.models.wan_model",
+    "group_actions": "pipelines.models.latent_frames",
 }
 __all__ = list(_EXPORTS)
 

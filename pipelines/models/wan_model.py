@@ -30,13 +30,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from safetensors.torch import save_file
 
 from pipelines.errors import V2WError
-from pipelines.fileio import atomic_dir, write_json_atomic
 from pipelines.models.checkpoint import hub_reachable
 from pipelines.models.latent_frames import video_to_latent_frames
-from pipelines.models.model_folder import model_header, read_model_config
+from pipelines.models.model_folder import model_header, read_model_config, read_part, write_model_folder
 from pipelines.models.wan import (
     TEXT_TOKENS,
     TINY_WAN_TRANSFORMER,
@@ -47,7 +45,7 @@ from pipelines.models.wan import (
     rebuild_rope,
     tiny_wan_transformer,
 )
-from pipelines.statedict import load_strict, read_safetensors, to_float32
+from pipelines.statedict import load_strict, read_safetensors
 
 BASE_PARTS = ("model_index.json", "transformer/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*")
 # Wan 2.1's own sampler settings (scheduler/scheduler_config.json of the 1.3B): flow matching, shift 3
@@ -183,12 +181,8 @@ def load_wan_base(ckpt: str, log=lambda m: None) -> WanBase:
     empty = empty_prompt_context(folder, log)
     sched_file = folder / "scheduler" / "scheduler_config.json"
     schedule = json.loads(sched_file.read_text()) if sched_file.exists() else dict(DEFAULT_WAN_SCHEDULE)
-    return WanBase(to_float32_module(transformer), to_float32_module(vae), empty, schedule, str(ckpt))
-
-
-def to_float32_module(module: nn.Module) -> nn.Module:
-    """Weights shipped in bf16/fp16 -> float32 (v2w trains with fp32 weights and autocast)."""
-    return module.float()
+    # weights shipped in bf16 -> float32: v2w trains fp32 weights under autocast
+    return WanBase(transformer.float(), vae.float(), empty, schedule, str(ckpt))
 
 
 # ---------------------------------------------------------------- the MODEL
@@ -294,15 +288,8 @@ class WanWorldModel(nn.Module):
         }
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        with atomic_dir(path) as tmp:
-            parts = {"transformer": self.transformer, "vae": self.vae}
-            for name, module in parts.items():
-                if module is not None:
-                    sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-                    save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
-            save_file({"empty_text": self.empty_text.detach().contiguous().cpu()}, str(tmp / "empty_text.safetensors"))
-            write_json_atomic(tmp / "config.json", self.config_dict())
-        return Path(path)
+        return write_model_folder(path, self.config_dict(), {"transformer": self.transformer, "vae": self.vae},
+                                  {"empty_text": self.empty_text})
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "WanWorldModel":
@@ -311,10 +298,7 @@ class WanWorldModel(nn.Module):
         device = torch.device(device)
 
         def weights(name: str) -> dict:
-            file = path / f"{name}.safetensors"
-            if not file.exists():
-                raise V2WError(f"missing {file.name}; the model folder is incomplete", path=path)
-            return to_float32(read_safetensors(file))
+            return read_part(path, name)
 
         with torch.device("meta"):
             world = WanWorldTransformer(WanTransformer3DModel(**cfg["transformer"]), WanWorldConfig(**cfg["world"]))

@@ -25,13 +25,12 @@ import torch.nn as nn
 
 from pipelines.diffusion import DEFAULT_SCHEDULE
 from pipelines.errors import V2WError
-from pipelines.fileio import atomic_dir, write_json_atomic
 from pipelines.models.clip import CLIPVisionConfig, OpenCLIPVisionTower
-from pipelines.models.model_folder import model_header, read_model_config
+from pipelines.models.model_folder import model_header, read_model_config, read_part, write_model_folder
 from pipelines.models.resampler import Resampler
 from pipelines.models.unet import UNetConfig, VideoUNet
 from pipelines.models.vae import decode_video, encode_video
-from pipelines.statedict import load_strict, read_safetensors, to_float32
+from pipelines.statedict import load_strict
 
 LATENT_SCALE = 0.18215
 
@@ -118,35 +117,19 @@ class WorldModel(nn.Module):
         }
 
     def save_pretrained(self, path: str | os.PathLike, half: bool = False) -> Path:
-        """Write MODEL atomically: everything goes to a temp sibling folder that is renamed at the end.
-        ``half``: weights stored in float16 (half the size; :meth:`from_pretrained` upcasts)."""
-        from safetensors.torch import save_file
-
-        with atomic_dir(path) as tmp:
-            parts = {"model": self.unet, "image_proj": self.image_proj, "image_encoder": self.image_encoder, "vae": self.vae}
-            for name, module in parts.items():
-                if module is not None:
-                    sd = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-                    if half:
-                        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
-                    save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"format": "pt"})
-            if self.empty_text.numel():
-                save_file({"empty_text": self.empty_text.detach().contiguous().cpu()}, str(tmp / "empty_text.safetensors"))
-            write_json_atomic(tmp / "config.json", self.config_dict())
-        return Path(path)
+        """Write MODEL atomically. ``half``: weights stored in float16 (half the size; :meth:`from_pretrained` upcasts)."""
+        parts = {"model": self.unet, "image_proj": self.image_proj, "image_encoder": self.image_encoder, "vae": self.vae}
+        tensors = {"empty_text": self.empty_text} if self.empty_text.numel() else {}
+        return write_model_folder(path, self.config_dict(), parts, tensors, half)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "WorldModel":
         path = Path(path)
         cfg = read_model_config(path)
         device = torch.device(device)
-        device = torch.device("cpu") if device.type == "cpu" else device  # safetensors refuses "cpu:0"
 
         def weights(name: str) -> dict:
-            file = path / f"{name}.safetensors"
-            if not file.exists():
-                raise V2WError(f"missing {file.name}; the model folder is incomplete", path=path)
-            return to_float32(read_safetensors(file, device))  # shipped models may be stored in fp16
+            return read_part(path, name, device)
 
         def strict(module: nn.Module, sd: dict, what: str) -> nn.Module:
             load_strict(module, sd, what, str(path), against="config.json", hint="the model folder is inconsistent")
