@@ -114,9 +114,8 @@ def _opt(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipe_full_settings(tmp_path, name):
-    """Without --smoke each recipe runs the paper's settings; a re-run skips finished stages and resumes training."""
+def _stubbed_env(tmp_path: Path, action_dim: int) -> tuple[dict, Path]:
+    """An environment whose ``v2w`` and ``accelerate`` are the logging stub: (env, the stub's log file)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("v2w", "accelerate"):
@@ -124,8 +123,15 @@ def test_recipe_full_settings(tmp_path, name):
         (bin_dir / tool).chmod(0o755)
     log = tmp_path / "log.jsonl"
     env = _env()
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STUB_LOG=str(log), STUB_ADIM=str(PAPER[name]["adim"]),
-               RAW=str(tmp_path / "raw"), WEIGHTS=str(tmp_path / "weights"))
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STUB_LOG=str(log), STUB_ADIM=str(action_dim), RAW=str(tmp_path / "raw"))
+    return env, log
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_full_settings(tmp_path, name):
+    """Without --smoke each recipe runs the paper's settings; a re-run skips finished stages and resumes training."""
+    env, log = _stubbed_env(tmp_path, PAPER[name]["adim"])
+    env["WEIGHTS"] = str(tmp_path / "weights")
     out = tmp_path / "out"
     script = str(ROOT / "examples" / f"{name}.sh")
 
@@ -272,14 +278,7 @@ def test_wan_recipe_smoke_runs_every_stage(tmp_path):
 
 def test_wan_recipe_full_settings(tmp_path):
     """Without --smoke: the 1.3B from the HF cache, 17-frame clips at 320x512, bf16 rollouts, 4 processes."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool in ("v2w", "accelerate"):
-        (bin_dir / tool).write_text(_STUB.format(python=sys.executable))
-        (bin_dir / tool).chmod(0o755)
-    log = tmp_path / "log.jsonl"
-    env = _env()
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", STUB_LOG=str(log), STUB_ADIM="13", RAW=str(tmp_path / "raw"))
+    env, log = _stubbed_env(tmp_path, 13)
     res = subprocess.run(["bash", str(ROOT / "examples" / "wan_rt1.sh"), str(tmp_path / "out")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
