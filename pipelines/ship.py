@@ -80,13 +80,17 @@ def ship(run: str | Path, dest: str | Path) -> dict:
     return res
 
 
-def ship_world_model(run: str | Path, report: str | Path, dest: str | Path, commands: list[str], note: str = "") -> dict:
-    """Ship only a world model (a ``v2w train`` RUN on the shipped base) with its eval REPORT:
-    DEST/tiny-world-model/ (float16 MODEL) + recipe.json (the commands that made it, its numbers)."""
-    run, report, dest = Path(run), Path(report), Path(dest)
+def ship_world_model(run: str | Path | None, report: str | Path, dest: str | Path, commands: list[str], note: str = "",
+                     model: str | Path | None = None, extra: dict | None = None) -> dict:
+    """Ship only a world model with its eval REPORT: DEST/tiny-world-model/ (float16 MODEL) +
+    recipe.json (the commands that made it, its numbers). The model is RUN/final (a ``v2w train``
+    RUN on the shipped base) or ``model`` (e.g. a ``v2w pretrain --decoder-only`` MODEL, with
+    ``run=None``); ``extra`` entries are added to recipe.json as they are (e.g. earlier numbers)."""
+    report, dest = Path(report), Path(dest)
     r = _report(report)
     res = {"made_by": "the commands below (the base is the shipped tiny-base)", "commands": commands,
-           "world_model": _trained(run), "eval": {"world_model": r}, "note": note}
+           "world_model": _trained(Path(run)) if run is not None else None, "eval": {"world_model": r}, "note": note,
+           **(extra or {})}
     rows = {"world model": r["model"], "copy-last": r["copy-last"], "world model, shuffled actions": r["shuffled-actions"]}
     cf = read_json(report / "metrics.json").get("counterfactual")
     text = horizon_table(rows, mean=True) + "\n"
@@ -101,7 +105,7 @@ def ship_world_model(run: str | Path, report: str | Path, dest: str | Path, comm
     text += f"\n{note}\n" if note else ""
     res["summary_md"] = text
     wm = dest / "tiny-world-model"
-    load_model(run / "final").save_pretrained(wm, half=True)
+    load_model(model if model is not None else Path(run) / "final").save_pretrained(wm, half=True)
     write_json_atomic(wm / "recipe.json", res)
     return res
 

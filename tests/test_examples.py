@@ -38,7 +38,9 @@ def _recipe(name: str, *args: str, timeout: float = 300) -> subprocess.Completed
     )
 
 
-@pytest.mark.parametrize("name", RECIPES)
+# rt1 runs in the default suite; csgo and recon share its stages (only their readers differ, tested in
+# tests/data) and cost 30 s each, so they run with -m slow
+@pytest.mark.parametrize("name", [RECIPES[0], *(pytest.param(n, marks=pytest.mark.slow) for n in RECIPES[1:])])
 def test_recipe_smoke_runs_every_stage(tmp_path, name):
     out = tmp_path / name
     res = _recipe(name, "--smoke", str(out))
@@ -237,6 +239,7 @@ def test_synthetic_cli_rejects_bad_size(tmp_path):
     assert res.returncode == 2 and "--size must look like" in res.stderr
 
 
+@pytest.mark.slow  # 150 s on 2 cores: the whole shipped-model recipe; its stages are tested one by one in the default suite
 def test_tiny_world_model_recipe_smoke_and_ship(tmp_path):
     """The shipped model's recipe end to end at toy sizes; a re-run skips every finished stage; and
     `python -m pipelines.ship` turns its output into the two shipped folders."""

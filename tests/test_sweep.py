@@ -108,7 +108,10 @@ def test_row_seeds_make_a_rows_noise_independent_of_its_batch(env):
     roller = Roller(model, RolloutConfig(steps=2))
     roller.row_seeds = [7, 7, 7]
     shared = roller.rollout(lat, pixels, acts, 2)
-    assert torch.equal(shared[0], shared[1]) and (shared[0] - shared[2]).abs().max() > 1e-5
+    # rows 0 and 1: the same inputs and noise; equal up to float rounding (a CPU's batched kernels need not
+    # give bit-identical rows), far below what other actions change (row 2)
+    same, other = (shared[0] - shared[1]).abs().max(), (shared[0] - shared[2]).abs().max()
+    assert same <= 1e-4 and other > 100 * max(same, 1e-6)
     roller.row_seeds = [7]  # the same seed alone in its batch: the same row
     alone = roller.rollout(lat[2:], pixels[2:], acts[2:], 2)
     assert (alone[0] - shared[2]).abs().max() <= 1e-4  # float rounding of another batch size only

