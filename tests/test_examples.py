@@ -291,3 +291,29 @@ def test_wan_recipe_full_settings(tmp_path):
     assert _opt(causalize, "--action-dim") == "13"
     assert train[:5] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "4"] and _opt(train, "--precision") == "bf16"
     assert _opt(rollout, "--precision") == "bf16" and _opt(rollout, "--steps") == "50" and _opt(evaluate, "--preset") == "rt1"
+
+
+@pytest.mark.slow  # ~60 s: five arms, each causalized, trained, rolled out and scored
+def test_transfer_study_smoke_prints_one_row_per_arm(tmp_path):
+    """examples/transfer_study.sh --smoke on real Boxing clips with emulator branches: every arm gets
+    its row, and a re-run skips every finished arm."""
+    from pipelines.data.sample import make_atari_episodes
+
+    make_atari_episodes(tmp_path / "raw", game="boxing", episodes=2, frames=24, seed=1)
+    make_atari_episodes(tmp_path / "raw-test", game="boxing", episodes=1, frames=24, seed=1000, branches=1, clip_len=8)
+    common = dict(size=(32, 32), resize="stretch", clip_len=8, num_actions=18, store="npy")
+    run(PrepareConfig(sources=[str(tmp_path / "raw")], out=str(tmp_path / "train"), stride=4, val_fraction=0.0, **common))
+    run(PrepareConfig(sources=[str(tmp_path / "raw-test")], out=str(tmp_path / "test"), stride=8, val_fraction=0.0, **common))
+    cmd = ["bash", str(ROOT / "examples" / "transfer_study.sh"), "tiny", str(tmp_path / "train"), str(tmp_path / "test"),
+           str(tmp_path / "out"), "--smoke"]
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    table = (tmp_path / "out" / "table.md").read_text()
+    for row in ("base (extrapolative)", "from scratch", "base, shift transfer", "base, masked transfer", "old base (tiny)", "copy-last"):
+        assert f"| {row} |" in table
+    assert "+" in table.split("| base (extrapolative) |")[1].splitlines()[0]  # true - shuffled gap computed
+    reports = sorted((tmp_path / "out").glob("*/report/metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in reports]
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and len(reports) == 5 and [p.stat().st_mtime_ns for p in reports] == stamps

@@ -91,7 +91,9 @@ def test_identical_actions_give_identical_rows_in_and_across_chunks(env, tmp_pat
     info = run_sweep(job, RolloutConfig(steps=2))
     f = np.load(tmp_path / "o" / "sweep.npz")["frames"].astype(int)
     assert info["labels"] == ["RIGHT", "RIGHT", "DOWN", "RIGHT"] and info["timings"]["chunks"] == 2
-    assert np.array_equal(f[0], f[1])  # same chunk, same noise, same actions
+    # same chunk, same noise, same actions: equal up to one uint8 step (batched CPU kernels need not
+    # give bit-identical rows; a value on a rounding boundary can land on either side)
+    assert np.abs(f[0] - f[1]).max() <= 1 and (f[0] != f[1]).mean() < 0.01
     assert np.abs(f[0] - f[3]).max() <= 1  # other chunk (batch 1): same noise too; at most float rounding
     assert info["spread"]["per_row_psnr_db"][0] > info["spread"]["per_row_psnr_db"][2]  # row 2 is the odd one out
 
