@@ -79,7 +79,7 @@ class PretrainConfig:
     arch: str = "small"  # tiny | small (pipelines.models.tiny.ARCHS)
     vae_steps: int = 2000
     vae_batch_size: int = 32  # frames
-    vae_lr: float = 5e-4
+    vae_lr: float | None = None  # None: 5e-4 from scratch, 1e-4 for --decoder-only (a fine-tune of trained weights)
     kl_weight: float = 1e-6
     steps: int = 2000  # U-Net optimizer steps
     batch_size: int = 8  # clips
@@ -108,6 +108,8 @@ class PretrainConfig:
     weights: str | None = None  # folder with the LPIPS weights (as v2w eval --weights)
 
     def __post_init__(self) -> None:  # every setting checked once, on construction
+        if self.vae_lr is None:
+            self.vae_lr = 1e-4 if self.decoder_only else 5e-4
         if self.arch not in ARCHS:
             raise V2WError(f"--arch must be one of {{{', '.join(ARCHS)}}}. Got {self.arch!r}")
         if min(self.vae_steps, self.steps, self.batch_size, self.vae_batch_size) < 0 or self.batch_size < 1:

