@@ -97,12 +97,12 @@ def held_out_frames(data: str | Path, n: int = 64, seed: int = 1) -> torch.Tenso
 
 
 def held_out_by_source(data: str | Path, per_group: int = 64) -> dict[str, torch.Tensor]:
-    """Up to ``per_group`` held-out frames (val split, else train) of each source group of DATA: the
-    first folder below the common parent of the sources it was prepared from (one per game for
+    """Up to ``per_group`` held-out frames (val split) of each source group of DATA: the first folder
+    below the common parent of the sources it was prepared from (one per game for
     ``raw/<game>/part*`` trees; "all" for a single source), half of each clip's frames, in stream
-    order. A group with no clip in the split is absent."""
+    order. A group none of whose episodes went to the val split (or every group, without a val
+    split) gets its train frames instead, named ``"<group> (train)"``: seen in training, so say so."""
     manifest = read_json(Path(data) / "manifest.json")
-    split = "val" if manifest["splits"].get("val", {}).get("samples") else "train"
     roots = [Path(s["path"]) for s in manifest.get("made_from", {}).get("sources", [])]
     common = Path(os.path.commonpath([str(r) for r in roots])) if len(roots) > 1 else None
 
@@ -112,13 +112,20 @@ def held_out_by_source(data: str | Path, per_group: int = 64) -> dict[str, torch
                 return r.relative_to(common).parts[0] if r != common else "all"
         return "all"
 
-    stream = ClipStream(data, split, 0)
+    wanted = {group(r / "x") for r in roots} or {"all"}
     groups: dict[str, list[torch.Tensor]] = {}
-    for shard in stream.shards:
-        for raw in iter_shard(shard):
-            name = group(Path(json.loads(raw["meta.json"])["source"]))
-            if len(groups.setdefault(name, [])) < per_group:
-                groups[name].extend(stream.decode(raw)["frames"][::2])
+    for split, suffix in (("val", ""), ("train", " (train)")):
+        if not manifest["splits"].get(split, {}).get("samples"):
+            continue
+        missing = wanted - {k.removesuffix(" (train)") for k in groups}
+        if not missing:
+            break
+        stream = ClipStream(data, split, 0)
+        for shard in stream.shards:
+            for raw in iter_shard(shard):
+                name = group(Path(json.loads(raw["meta.json"])["source"]))
+                if name in missing and len(groups.setdefault(name + suffix, [])) < per_group:
+                    groups[name + suffix].extend(stream.decode(raw)["frames"][::2])
     return {k: torch.stack(v[:per_group]) for k, v in sorted(groups.items())}
 
 
