@@ -132,14 +132,13 @@ class AutoencoderLoss(nn.Module):
             l1, l2 = F.l1_loss(rec, x), F.mse_loss(rec, x)
             loss = l1 + l2 + cfg.kl_weight * kl
             return loss, {"loss": loss.item(), "l1": l1.item(), "l2": l2.item(), "kl": kl.item()}
-        rec_px = (x - rec).abs()
+        l1 = (x - rec).abs()
         p = x.new_zeros(())
         if self.lpips is not None:
             p = self.lpips(x, rec).mean()  # mean over images == per-pixel broadcast, then mean
-            rec_px = rec_px + cfg.perceptual_weight * p
-        nll = rec_px.mean() / torch.exp(self.logvar) + self.logvar
+        nll = (l1 + cfg.perceptual_weight * p).mean() / torch.exp(self.logvar) + self.logvar
         loss = nll + cfg.kl_weight * kl / n_el
-        logs = {"l1": (x - rec).abs().mean().item(), "lpips": p.item(), "logvar": self.logvar.item(), "kl": kl.item()}
+        logs = {"l1": l1.mean().item(), "lpips": p.item(), "logvar": self.logvar.item(), "kl": kl.item()}
         f = disc_factor_at(step, cfg.disc_start, cfg.disc_factor) if self.discriminator is not None else 0.0
         if f > 0:
             g = -self.discriminator(rec).mean()

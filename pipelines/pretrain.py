@@ -29,7 +29,6 @@ Two stages, both on DATA's train split (actions ignored):
 
 from __future__ import annotations
 
-import copy
 import io
 import shutil
 import time
@@ -65,8 +64,6 @@ from pipelines.vae_training import (
     held_out_by_source,
     held_out_frames,
     load_lpips_nets,
-    psnr_pm1,
-    round_trip,
     round_trip_scores,
     train_vae,
 )
@@ -136,27 +133,40 @@ def _vae_config(cfg: PretrainConfig, decoder_only: bool = False) -> VAETrainConf
                           resume=cfg.resume, loss=loss)
 
 
-def _loss_lpips(vcfg: VAETrainConfig, weights: str | None, device):
-    """The LPIPS network inside the loss; missing weights are an error (a VAE trained without the term
-    it was asked for would be silently soft), naming the file and the two ways out."""
+def _loss_lpips(vcfg: VAETrainConfig, probe: dict):
+    """The LPIPS network inside the loss (the probe's, when it loaded that one); missing weights are an
+    error (a VAE trained without the term it was asked for would be silently soft), naming the file
+    and the two ways out."""
     if not vcfg.loss.uses_lpips:
         return None
+    net = vcfg.loss.perceptual_net
+    if net in probe["nets"]:
+        return probe["nets"][net]
     try:
-        return load_lpips(vcfg.loss.perceptual_net, weights)[0].to(device)
+        return load_lpips(net, probe["weights"])[0].to(probe["device"])
     except V2WError as e:
         raise V2WError(f"{e}; or train without the perceptual term: --perceptual-weight 0 (or --vae-loss pixel)") from None
 
 
-def _round_trip_report(vae, cfg: PretrainConfig, device) -> dict:
+def _round_trip_probe(cfg: PretrainConfig, device) -> dict:
+    """What every round-trip report of this call measures on, read once: the installed LPIPS
+    networks, DATA's held-out frames per source group (its games), --vae-eval-data's frames."""
+    nets, skipped = load_lpips_nets(weights_dir=cfg.weights, device=device)
+    return {"nets": nets, "skipped": skipped, "weights": cfg.weights, "device": device,
+            "held_out": held_out_by_source(cfg.data), "val": held_out_frames(cfg.data, 64),
+            "eval": held_out_frames(cfg.vae_eval_data, 64) if cfg.vae_eval_data else None}
+
+
+def _round_trip_report(vae, cfg: PretrainConfig, probe: dict) -> dict:
     """Round-trip PSNR and LPIPS (every installed LPIPS network) on held-out frames of each source
     group of DATA (its games), and at every shift on --vae-eval-data's frames (fresh episodes)."""
-    nets, skipped = load_lpips_nets(weights_dir=cfg.weights, device=device)
+    nets = probe["nets"]
     rep = {"held_out": {name: round_trip_scores(vae, x, nets, shifts=(0,))["shifts"]["0"] | {"frames": len(x)}
-                        for name, x in held_out_by_source(cfg.data).items()}}
-    if cfg.vae_eval_data:
-        rep["eval_data"] = {"path": cfg.vae_eval_data, **round_trip_scores(vae, held_out_frames(cfg.vae_eval_data, 64), nets)}
-    if skipped:
-        rep["lpips_skipped"] = skipped
+                        for name, x in probe["held_out"].items()}}
+    if probe["eval"] is not None:
+        rep["eval_data"] = {"path": cfg.vae_eval_data, **round_trip_scores(vae, probe["eval"], nets)}
+    if probe["skipped"]:
+        rep["lpips_skipped"] = probe["skipped"]
     return rep
 
 
@@ -168,16 +178,18 @@ def latent_scale(vae, data: str, device, frames: int = 256) -> float:
     return float(1.0 / z.float().std().clamp_min(1e-6))
 
 
-def _train_vae_stage(vae, cfg: PretrainConfig, work: Path, device, on_progress, log, decoder_only: bool = False) -> dict:
+def _train_vae_stage(vae, cfg: PretrainConfig, work: Path, device, on_progress, log, decoder_only: bool = False,
+                     probe: dict | None = None) -> dict:
     """Stage 1: train (or finish training) the VAE, then measure its round trip."""
     vcfg = _vae_config(cfg, decoder_only)
+    probe = probe or _round_trip_probe(cfg, device)
     what = "decoder" if decoder_only else "VAE"
     log(f"training the {what} ({cfg.vae_steps} steps of {cfg.vae_batch_size} frames, objective {cfg.vae_loss})")
-    rep = train_vae(vae, cfg.data, vcfg, device, work, lpips=_loss_lpips(vcfg, cfg.weights, device), on_progress=on_progress, log=log)
-    x = held_out_frames(cfg.data, 64)
-    rep |= {"val_round_trip_psnr_db": round(psnr_pm1(round_trip(vae, x).clamp(-1, 1), x), 2), "val_frames": len(x),
-            "val_round_trip_by_shift_db": {k: v["psnr"] for k, v in round_trip_scores(vae, x)["shifts"].items()},
-            "round_trip": _round_trip_report(vae, cfg, device)}
+    rep = train_vae(vae, cfg.data, vcfg, device, work, lpips=_loss_lpips(vcfg, probe), on_progress=on_progress, log=log)
+    by_shift = round_trip_scores(vae, probe["val"])["shifts"]
+    rep |= {"val_round_trip_psnr_db": by_shift["0"]["psnr"], "val_frames": len(probe["val"]),
+            "val_round_trip_by_shift_db": {k: v["psnr"] for k, v in by_shift.items()},
+            "round_trip": _round_trip_report(vae, cfg, probe)}
     return rep
 
 
@@ -223,8 +235,9 @@ def finetune_decoder(cfg: PretrainConfig, on_progress: Callable[[dict], None] | 
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     vae = model.vae.float().to(device)
-    before = _round_trip_report(copy.deepcopy(vae).eval(), cfg, device)
-    vae_report = _train_vae_stage(vae, cfg, work, device, on_progress, log, decoder_only=True)
+    probe = _round_trip_probe(cfg, device)
+    before = _round_trip_report(vae.eval(), cfg, probe)
+    vae_report = _train_vae_stage(vae, cfg, work, device, on_progress, log, decoder_only=True, probe=probe)
     vae_report["before"] = before
     write_json_atomic(work / "vae.json", vae_report)
     summary = {"source": source, "data": cfg.data, "steps": vae_report["steps"], "objective": vae_report["objective"],

@@ -230,7 +230,9 @@ def train_vae(vae, data: str, cfg: VAETrainConfig, device, work: str | Path, lpi
 
     ckpts = Path(work) / "vae-run" / "checkpoints"
     g = torch.Generator().manual_seed(cfg.seed)
-    objective = AutoencoderLoss(cfg.loss, lpips).to(device)
+    with torch.random.fork_rng(devices=[]):  # the discriminator's init: a function of the seed alone, not of
+        torch.manual_seed(cfg.seed)          # what else (which LPIPS networks, say) was built before it
+        objective = AutoencoderLoss(cfg.loss, lpips).to(device)
     params = _trainable(vae, cfg.decoder_only)
     own = [objective.logvar] if objective.logvar is not None else []
     if cfg.loss.kind == "pixel":
