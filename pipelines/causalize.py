@@ -23,12 +23,14 @@ from pipelines.devices import resolve_device
 from pipelines.errors import V2WError
 from pipelines.models.action import ACTION_INJECTIONS, ACTION_TYPES, ActionEncoder
 from pipelines.models.causal import TRANSFERS, is_per_frame
+from pipelines.models.checkpoint import load_state_dict
 from pipelines.models.dynamicrafter import load_dynamicrafter_base
 from pipelines.models.probe import causality_probe
 from pipelines.models.resampler import Resampler
 from pipelines.models.surgery import causalize, check_causality
 from pipelines.models.unet import VideoUNet
 from pipelines.models.world_model import WorldModel, load_model
+from pipelines.official import load_official, looks_official, release_of
 
 FAMILIES = ("dynamicrafter", "unet3d", "wan")
 
@@ -41,7 +43,7 @@ class CausalizeConfig:
     family: str = "dynamicrafter"
     transfer: str = "extrapolative"
     order: int = 1  # polynomial order of the extrapolative transfer
-    norm: str = "per-frame"
+    norm: str | None = None  # per-frame | pooled; None = per-frame, or pooled for an official Vid2World checkpoint
     action_dim: int = 0
     action_type: str = "continuous"
     action_injection: str = "time"  # time (paper) | scale-shift | tokens: pipelines/models/action.py
@@ -60,6 +62,9 @@ class CausalizeConfig:
                                      ("--action-injection", self.action_injection, ACTION_INJECTIONS)):
             if value not in allowed:
                 raise V2WError(f"{flag} must be one of {{{', '.join(allowed)}}}. Got {value!r}")
+        self.norm_given = self.norm is not None
+        if self.norm is None:
+            self.norm = "per-frame"
         is_per_frame(self.norm)  # validates --norm
         if self.out is None and not self.check_only:
             raise V2WError("--out is required (or pass --check alone to only probe)")
@@ -91,6 +96,8 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
         return _run_unet3d(cfg, t0, log)
     if cfg.family == "wan":
         return _run_wan(cfg, t0, log)
+    if is_official_checkpoint(cfg.ckpt, cfg.unsafe_pickle):
+        return _run_official(cfg, t0, log)
 
     if cfg.check_only and (Path(cfg.ckpt) / "config.json").exists():
         # probe a MODEL folder written earlier (by causalize or train)
@@ -143,6 +150,48 @@ def run(cfg: CausalizeConfig, log=lambda msg: None) -> CausalizeResult:
     log(f"writing {cfg.out}")
     model.save_pretrained(cfg.out)
     return CausalizeResult(Path(cfg.out), report, check, base_check, time.time() - t0, _peak_rss_mb())
+
+
+def is_official_checkpoint(ckpt: str, unsafe_pickle: bool = False) -> bool:
+    """A released ``thuml/Vid2World-*`` name, or a checkpoint file in the official layout (its keys are
+    read through mmap / safetensors' header: cheap even for a 10 GB file)."""
+    if release_of(ckpt):
+        return True
+    path = Path(ckpt)
+    if not path.is_file():
+        return False
+    try:
+        return looks_official(load_state_dict(path, unsafe_pickle=unsafe_pickle))
+    except V2WError:
+        return False
+
+
+def _run_official(cfg: CausalizeConfig, t0: float, log) -> CausalizeResult:
+    """An official Vid2World checkpoint: already causal and action-conditioned; keys mapped, nothing new."""
+    if cfg.action_dim or cfg.from_scratch or cfg.action_injection != "time" or cfg.action_init_std or cfg.transfer != "extrapolative":
+        raise V2WError("an official Vid2World checkpoint is causal and has its actions already: drop --action-dim, "
+                       "--action-type, --action-injection, --action-init-std, --transfer and --from-scratch")
+    model = load_official(cfg.ckpt, cfg.base_config, cfg.norm if cfg.norm_given else None, cfg.unsafe_pickle, log)
+    if cfg.fs is not None:
+        model.meta["fps"] = cfg.fs
+    model.meta.update(cfg.extra_meta)
+    log("probing causality")
+    check = _probe(model.unet, cfg.device)
+    c = model.unet.config
+    report = {"matched": len(model.unet.state_dict()), "new": 0, "dropped": model.meta["vid2world"]["dropped_keys"],
+              "transfer": model.meta["vid2world"].get("transfer"), "order": 1, "norm": c.temporal_norm,
+              "action_injection": c.action_injection, "action_dim": c.action_dim, "action_type": c.action_type,
+              "official": model.meta["vid2world"].get("repo") or "file"}
+    if c.per_frame_norm and not check["causal"]:
+        raise V2WError(f"causality check failed: outputs at frames < {check['k']} moved by {check['max_leak']:.3g}")
+    model.meta["causalize"] = {"source": model.meta["vid2world"]["checkpoint"], "norm": c.temporal_norm,
+                               "action_dim": c.action_dim, "action_type": c.action_type, "action_injection": "vid2world",
+                               "report": report, "check": {k: check[k] for k in ("k", "frames", "max_leak", "future_change", "per_layer", "causal")}}
+    if cfg.check_only:
+        return CausalizeResult(None, report, check, None, time.time() - t0, _peak_rss_mb())
+    log(f"writing {cfg.out}")
+    model.save_pretrained(cfg.out)
+    return CausalizeResult(Path(cfg.out), report, check, None, time.time() - t0, _peak_rss_mb())
 
 
 def _probe(unet: VideoUNet, device: str) -> dict:

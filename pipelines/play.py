@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from pipelines.data.prepare import load_manifest
+from pipelines.data.sources.csgo_hdf5 import ACTION_NAMES as CSGO_ACTION_NAMES
+from pipelines.data.sources.csgo_hdf5 import encode_action as encode_csgo_action
 from pipelines.data.shards import decode_sample, iter_shard
 from pipelines.data.video import encode_mp4, resize_frames
 from pipelines.errors import V2WError
@@ -57,6 +59,14 @@ ATARI_KEYS = {  # browser KeyboardEvent.key (letters lower-cased) -> Atari token
 NUMBERED_KEYS = list("1234567890qwertyuiopasdfghjklzxcvbnm")
 CONTINUOUS_KEY_PAIRS = [("a", "d"), ("s", "w"), ("j", "l"), ("k", "i"), ("z", "x"), ("c", "v"), ("b", "n"),
                         ("f", "g"), ("h", "y"), ("r", "t"), ("u", "o"), ("q", "e")]  # (-, +) per dimension
+
+
+# CS:GO's 51-d layout (pipelines/data/sources/csgo_hdf5.py; Vid2World-CSGO): keys set their bits, the
+# mouse buttons theirs, the mouse movement (sent by the page with pointer lock) its bins; the arrows
+# look around for a keyboard-only player, by these mouse steps (the dataset's units)
+CSGO_KEYS = {"w": "w", "a": "a", "s": "s", "d": "d", " ": "space", "Control": "ctrl", "Shift": "shift",
+             "1": "1", "2": "2", "3": "3", "r": "r", "MouseLeft": "click_left", "MouseRight": "click_right",
+             "ArrowLeft": ("x", -30), "ArrowRight": ("x", 30), "ArrowUp": ("y", -10), "ArrowDown": ("y", 10)}
 
 
 def normalize_key(key: str) -> str:
@@ -98,6 +108,8 @@ class KeyBindings:
             for d, (minus, plus) in enumerate(CONTINUOUS_KEY_PAIRS[: c.action_dim]):
                 keys[minus], keys[plus] = (d, -1), (d, +1)
             return cls("continuous", names, source, keys, mean=mean, std=std)
+        if list(names) == list(CSGO_ACTION_NAMES):
+            return cls("csgo", names, source, dict(CSGO_KEYS))
         tokens = [_atari_tokens(n) for n in names] if source != "unnamed" else [None]
         if all(t is not None for t in tokens):
             noop = next((i for i, t in enumerate(tokens) if not t), 0)
@@ -107,9 +119,19 @@ class KeyBindings:
             return cls("keys", names, source, {k: i for i, k in enumerate(singles)})
         return cls("numbered", names, source, {k: i for i, k in enumerate(NUMBERED_KEYS[: len(names)])})
 
-    def action(self, held: list[str]) -> tuple[object, str]:
-        """Keys held now (oldest first) -> (raw action: id or float32 vector, label). Unknown keys are ignored."""
+    def action(self, held: list[str], mouse: tuple[float, float] = (0.0, 0.0)) -> tuple[object, str]:
+        """Keys held now (oldest first) -> (raw action: id or float32 vector, label). Unknown keys are ignored.
+        ``mouse``: movement since the last frame (CS:GO's layout only)."""
         held = [normalize_key(k) for k in held if normalize_key(k) in self.keys]
+        if self.kind == "csgo":
+            bound = [self.keys[k] for k in held]
+            keys = [b for b in bound if isinstance(b, str) and not b.startswith("click_")]
+            clicks = [b[len("click_"):] for b in bound if isinstance(b, str) and b.startswith("click_")]
+            mx = float(mouse[0]) + sum(b[1] for b in bound if isinstance(b, tuple) and b[0] == "x")
+            my = float(mouse[1]) + sum(b[1] for b in bound if isinstance(b, tuple) and b[0] == "y")
+            a = encode_csgo_action(keys, clicks, mx, my)
+            on = [self.names[i] for i in np.flatnonzero(a) if self.names[i] not in ("mouse_x_0", "mouse_y_0")]
+            return a, " ".join(on) or "(none)"
         if self.kind == "continuous":
             a = np.array(self.mean, dtype=np.float32)
             for k in held:
@@ -138,6 +160,9 @@ class KeyBindings:
                     ("combinations", "UP+RIGHT -> UPRIGHT, UP+space -> UPFIRE, ..."), ("nothing held", self.names[self.noop])]
         if self.kind == "continuous":
             return [(f"{m} / {p}", f"{self.names[d]} -/+ 1 std") for d, (m, p) in enumerate(CONTINUOUS_KEY_PAIRS[: len(self.names)])]
+        if self.kind == "csgo":
+            return [("W A S D", "move"), ("space / Ctrl / Shift", "jump / crouch / walk"), ("1 2 3 / R", "weapons / reload"),
+                    ("mouse (click the frame to lock it)", "look; buttons: fire, scope"), ("arrows", "look (keyboard)")]
         return [("space" if k == " " else k, self.names[i]) for k, i in self.keys.items()]
 
 
@@ -148,7 +173,7 @@ class PlaySettings:
     steps: int = 1  # benchmarks/play.py: 4.5 frames/s on one thread, PSNR and action gap no worse than 10 steps
     guidance: float = 1.0  # off: one U-Net pass per step (2.5 doubles the cost for a larger action gap)
     guidance_rescale: float = 0.7
-    history_noise: int = 20
+    history_noise: int | None = None  # None: the sampling profile's (v2w 20; vid2world the 2nd-smallest DDIM step)
     window: int | None = None
     seed: int = 0
     precision: str = "fp32"  # bf16 on a GPU: faster passes (autocast)
@@ -225,12 +250,13 @@ class PlaySession:
         """Predicted frames since the last reset."""
         return len(self.actions)
 
-    def step(self, held_keys: list[str]) -> dict:
-        """One new frame for the keys held now -> {frame (H, W, 3) uint8, action, label, ms, index}."""
+    def step(self, held_keys: list[str], mouse: tuple[float, float] = (0.0, 0.0)) -> dict:
+        """One new frame for the keys held now (and the mouse movement since the last) -> {frame (H, W, 3)
+        uint8, action, label, ms, index}."""
         t0 = time.perf_counter()
-        raw, label = self.bindings.action(held_keys)
+        raw, label = self.bindings.action(held_keys, mouse)
         c = self.model.unet.config
-        if self.bindings.kind == "continuous":
+        if self.bindings.kind in ("continuous", "csgo"):
             row = torch.from_numpy(np.asarray(raw, dtype=np.float32))[None, None]
         else:
             row = torch.nn.functional.one_hot(torch.tensor([[int(raw)]]), c.action_dim).float()
@@ -254,7 +280,7 @@ class PlaySession:
         """Write the episode since the last reset as a rollout artifact (module docstring); -> its folder."""
         folder = Path(folder)
         fps = float((self.model.meta.get("trained") or {}).get("fps") or 8)
-        discrete = self.bindings.kind != "continuous"
+        discrete = self.bindings.kind not in ("continuous", "csgo")  # ids; else one float row per frame
         # Wan predicts 4 frames at once: the frames made ahead used the last action too, so a replay (whole
         # latent frames) predicts them as well; acts.npy gets their rows
         used = self.actions + self.actions[-1:] * ((-len(self.actions)) % self.stream.frames_per_step)
@@ -262,7 +288,7 @@ class PlaySession:
         s = self.settings
         replay = (f"v2w rollout --model {self.model_name} --context {folder / 'context.npy'} --actions {folder / 'acts.npy'} "
                   f"--context-frames {self.context.shape[0]} --steps {s.steps} --guidance {s.guidance} "
-                  f"--guidance-rescale {s.guidance_rescale} --history-noise {s.history_noise} --seed {s.seed} --eta 1.0"
+                  f"--guidance-rescale {s.guidance_rescale} --history-noise {self.roller.history_noise} --seed {s.seed} --eta 1.0"
                   + (f" --window {s.window}" if s.window else "") + f" --out {folder / 'replay'}")
         with atomic_dir(folder) as tmp:
             np.save(tmp / "context.npy", self.context, allow_pickle=False)

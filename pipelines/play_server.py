@@ -111,8 +111,11 @@ def make_app(model, context: np.ndarray, settings: PlaySettings, server: ServerC
                 kind = msg.get("type") if isinstance(msg, dict) else None
                 if kind == "step":
                     keys = [str(k) for k in msg.get("keys", [])][:8] if isinstance(msg.get("keys"), list) else []
+                    mouse = msg.get("mouse")
+                    mouse = (float(mouse[0]), float(mouse[1])) if isinstance(mouse, list) and len(mouse) == 2 and \
+                        all(isinstance(v, (int, float)) for v in mouse) else (0.0, 0.0)
                     t0 = time.perf_counter()
-                    out = await run(session.step, keys)
+                    out = await run(session.step, keys, mouse)
                     await ws.send_json(frame_message(session, out["frame"], label=out["label"], ms=round(out["ms"], 1),
                                                      wall_ms=round((time.perf_counter() - t0) * 1000, 1), keys=session.keys[-1]))
                 elif kind == "reset":
@@ -173,6 +176,7 @@ const SCALE = __SCALE__, TICK = __TICK__;
 const canvas = document.getElementById("frame"), ctx = canvas.getContext("2d");
 ctx.imageSmoothingEnabled = false;
 const held = [];  // keys held now, oldest first
+const mouse = [0, 0];  // movement since the last step (CS:GO models; pointer lock on the frame)
 let ws, known = new Set(), realtime = true, paused = false, waiting = false, lastAsk = 0, times = [];
 function show(b64) {
   const img = new Image();
@@ -183,7 +187,7 @@ function show(b64) {
 function send(msg) { if (!ws || ws.readyState !== 1) return false; ws.send(JSON.stringify(msg)); return true; }
 function step(keys) {  // one request in flight at a time, and only once the session is ready
   if (waiting || !window.v2w) return;
-  if (send({type: "step", keys: keys})) { waiting = true; lastAsk = performance.now(); }
+  if (send({type: "step", keys: keys, mouse: [mouse[0], mouse[1]]})) { waiting = true; lastAsk = performance.now(); mouse[0] = mouse[1] = 0; }
 }
 function tick() {
   if (realtime && !paused && !waiting && performance.now() - lastAsk >= TICK) step(held.slice());
@@ -227,6 +231,11 @@ document.addEventListener("keydown", (e) => {
 });
 document.addEventListener("keyup", (e) => { const i = held.indexOf(keyName(e)); if (i >= 0) held.splice(i, 1); });
 window.addEventListener("blur", () => { held.length = 0; });
+canvas.addEventListener("click", () => { if (known.has("MouseLeft") && canvas.requestPointerLock) canvas.requestPointerLock(); });
+document.addEventListener("mousemove", (e) => { if (document.pointerLockElement === canvas) { mouse[0] += e.movementX; mouse[1] += e.movementY; } });
+document.addEventListener("mousedown", (e) => { const k = e.button === 2 ? "MouseRight" : "MouseLeft";
+  if (document.pointerLockElement === canvas && known.has(k) && !held.includes(k)) held.push(k); });
+document.addEventListener("mouseup", (e) => { const i = held.indexOf(e.button === 2 ? "MouseRight" : "MouseLeft"); if (i >= 0) held.splice(i, 1); });
 document.getElementById("reset").onclick = () => { if (send({type: "reset"})) waiting = true; };
 document.getElementById("pause").onclick = (e) => { paused = !paused; e.target.classList.toggle("on", paused); };
 document.getElementById("mode").onclick = (e) => { realtime = !realtime; e.target.textContent = realtime ? "real-time" : "step mode"; };

@@ -25,7 +25,7 @@ from pipelines.errors import V2WError
 from pipelines.fileio import atomic_open, write_json_atomic
 from pipelines.metrics.image import PSNR_CAP_DB, psnr_from_mse
 from pipelines.models.action import shift_actions
-from pipelines.models.world_model import load_model
+from pipelines.official import open_model
 from pipelines.sampler import Roller, RolloutConfig
 from pipelines.wan_sampler import WanRoller
 
@@ -61,7 +61,11 @@ class RolloutJob:
 
 def normalize_actions(model, actions: torch.Tensor, manifest: dict | None = None) -> torch.Tensor:
     """Raw continuous actions -> (a - mean) / std with the stats the model was trained with (the
-    training data's manifest, recorded in MODEL at train time; else ``manifest``); one-hot unchanged."""
+    training data's manifest, recorded in MODEL at train time; else ``manifest``); one-hot unchanged.
+    A model whose ``action_normalization`` is "none" (an official Vid2World import, and what is trained
+    from it) takes actions as they are, as it was trained."""
+    if model.meta.get("action_normalization") == "none":
+        return actions.float()
     trained = model.meta.get("trained") or {}
     src = trained if trained.get("action_stats") else (manifest or {})
     if src.get("action_stats") and src.get("action_type", "continuous") == "continuous":
@@ -140,7 +144,7 @@ def model_size(model) -> tuple[int, int] | None:
 
 def run_interactive(job: RolloutJob, cfg: RolloutConfig, on_frame=None) -> dict:
     """Context + acts.npy -> OUT/{video.mp4, frames.npy, grid.png, rollout.json}."""
-    model = load_model(job.model, job.device)
+    model = open_model(job.model, job.device)
     n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
     actions = read_actions_file(job.actions, model) if job.actions else None
     if actions is None:
@@ -261,7 +265,7 @@ def run_batch(job: RolloutJob, cfg: RolloutConfig, on_clip=None) -> dict:
     parent's rollout is the actions."""
     import json
 
-    model = load_model(job.model, job.device)
+    model = open_model(job.model, job.device)
     manifest = load_manifest(job.data)
     split = manifest["splits"].get(job.split)
     if not split or not split["samples"]:
@@ -472,7 +476,7 @@ def run_sweep(job: RolloutJob, cfg: RolloutConfig, rows=None, on_frame=None) -> 
         raise V2WError("--action-sweep makes its own actions: drop --actions (or drop --action-sweep)")
     if not job.context:
         raise V2WError("--action-sweep needs --context: the image, video or .npy of frames to start every row from")
-    model = load_model(job.model, job.device)
+    model = open_model(job.model, job.device)
     n_ctx = job.context_frames or int(model.meta.get("context_frames", 1))
     horizon = job.horizon or (8 if getattr(model, "family", "") == "wan" else SWEEP_HORIZON)  # Wan: whole latent frames
     if horizon < 1:

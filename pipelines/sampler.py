@@ -20,6 +20,14 @@ step computes only the new frame. When the window slides, the cache is rebuilt f
 now in the window (a one-pass prefill), because every frame's activations depend on the frames
 before it in the window: cached and uncached rollouts stay equal to float precision at every
 frame. ``mode="full"`` instead denoises all new frames jointly (the bidirectional-style baseline).
+
+Sampling profiles (``RolloutConfig.profile``; default the model's ``sampling.profile``, else
+``v2w``): ``vid2world`` reproduces the official Vid2World sampler for the checkpoints it released
+(docs/design.md §14): history re-noised to the second-smallest DDIM timestep without the dynamic
+rescale, the last DDIM step landing on abar_0 (not 1) with no rescale, the guidance rescale's std
+taken over the whole window, the unconditional pass masking the newest frame's action *embedding*
+and seeing the CLIP tokens of the VAE reconstruction of the conditioning frame, and the image
+context split per frame only when the window holds exactly the Resampler's frame count.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from pipelines.models.attention import TEXT_TOKENS
 from pipelines.models.cache import ActivationCache, activation_cache
 
 SAMPLING_MODES = ("autoregressive", "full")
+PROFILES = ("v2w", "vid2world")
+DEFAULT_HISTORY_NOISE = 20  # the v2w profile's history noise level
 
 
 @dataclass
@@ -45,9 +55,9 @@ class RolloutConfig:
 
     steps: int = 50  # DDIM steps per frame
     eta: float = 1.0  # DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like)
-    guidance: float = 2.5  # causal action guidance scale (1 = conditional only)
+    guidance: float | None = None  # causal action guidance scale (1 = conditional only); None = the model's (2.5)
     guidance_rescale: float = 0.7  # blend of the guided v with its std-matched version (0 = off)
-    history_noise: int = 20  # noise level of history frames
+    history_noise: int | None = None  # noise level of history frames; None = the profile's (v2w: 20, vid2world: 2nd-smallest DDIM step)
     history_guidance: float = 0.0  # > 0: also guide against a pass without history (beyond the paper)
     window: int | None = None  # frames in the model's view; None = training length
     cache: bool | None = None  # exact activation cache; None = on for per-frame-norm models
@@ -55,16 +65,19 @@ class RolloutConfig:
     seed: int = 0
     fs: int | None = None  # fps conditioning; None = the model's
     precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the network passes; the DDIM maths stays fp32
+    profile: str | None = None  # v2w | vid2world (the official sampler's details); None = the model's
 
     def __post_init__(self):
         check_precision(self.precision)
+        if self.profile is not None and self.profile not in PROFILES:
+            raise V2WError(f"--profile must be one of {{{', '.join(PROFILES)}}}. Got {self.profile!r}")
         if self.mode not in SAMPLING_MODES:
             raise V2WError(f"--mode must be one of {{{', '.join(SAMPLING_MODES)}}}. Got {self.mode!r}")
         if self.steps < 1:
             raise V2WError(f"--steps must be >= 1. Got {self.steps}")
         if self.window is not None and self.window < 2:
             raise V2WError(f"--window must be >= 2. Got {self.window}")
-        if not 0 <= self.history_noise < 1000:
+        if self.history_noise is not None and not 0 <= self.history_noise < 1000:
             raise V2WError(f"--history-noise must be in [0, 999]. Got {self.history_noise}")
 
 
@@ -115,10 +128,19 @@ def randn(shape, generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator)
 
 
+def apply_model_defaults(cfg: RolloutConfig, model) -> RolloutConfig:
+    """Fill what the caller left to the model (None) from its ``sampling`` defaults (an imported
+    official model records its own; a -NAG one, trained without action dropout, guidance 1)."""
+    sampling = model.meta.get("sampling") or {}
+    if cfg.guidance is None:
+        cfg.guidance = float(sampling.get("guidance", 2.5))
+    return cfg
+
+
 class DDIM:
     """The noise schedule seen by a sampler: DDIM timesteps, alphas_cumprod and the rescale table."""
 
-    def __init__(self, schedule: dict | None, steps: int, eta: float):
+    def __init__(self, schedule: dict | None, steps: int, eta: float, official: bool = False):
         self.train_scheduler = make_scheduler(schedule)  # q_sample exactly as training noises
         sched = make_scheduler(schedule, kind="ddim")
         sched.set_timesteps(steps)
@@ -126,19 +148,28 @@ class DDIM:
         self.ac = sched.alphas_cumprod.float()
         self.table = rescale_table(schedule, len(self.ac))
         self.eta = eta
+        # the official Vid2World DDIM (LDM's make_ddim_sampling_parameters): the last step lands on
+        # abar_0 instead of 1, and its dynamic-rescale factor is 1 (its "previous" scale is its own)
+        self.official = official
 
     def renoise(self, z: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-        """Clean latents (B, 4, T, h, w) -> noised to level t, the way training noises them."""
+        """Clean latents (B, 4, T, h, w) -> noised to level t, the way training noises them (the official
+        sampler's q_sample of history frames skips the dynamic rescale)."""
         ts = torch.full((z.shape[0], z.shape[2]), t, dtype=torch.long, device=z.device)
-        return add_noise_per_frame(self.train_scheduler, rescale_per_frame(self.table, z, ts), noise, ts)
+        x0 = z if self.official else rescale_per_frame(self.table, z, ts)
+        return add_noise_per_frame(self.train_scheduler, x0, noise, ts)
 
     def denoise(self, x: torch.Tensor, predict_v: Callable[[torch.Tensor, int], torch.Tensor], generator) -> torch.Tensor:
         """The DDIM loop from pure noise x: ``predict_v(x, t)`` is the (guided) model."""
         for i, t in enumerate(self.timesteps):
             t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
             v = predict_v(x, t)
-            a_t, a_prev = self.ac[t], (self.ac[t_prev] if t_prev >= 0 else torch.tensor(1.0))
-            rescale = self.table[max(t_prev, 0)] / self.table[t]
+            if t_prev >= 0:
+                a_t, a_prev, rescale = self.ac[t], self.ac[t_prev], self.table[t_prev] / self.table[t]
+            elif self.official:
+                a_t, a_prev, rescale = self.ac[t], self.ac[0], 1.0
+            else:
+                a_t, a_prev, rescale = self.ac[t], torch.tensor(1.0), self.table[0] / self.table[t]
             noise = randn(x.shape, generator).to(x) if self.eta > 0 else None
             x, _ = ddim_step(x, v, a_t, a_prev, self.eta, noise, rescale)
         return x
@@ -153,7 +184,7 @@ class Roller:
     row_seeds: list[int] | None = None
 
     def __init__(self, model, cfg: RolloutConfig):
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg = model, apply_model_defaults(cfg, model)
         model.eval()  # dropout would make the rollout random (and the cache inexact)
         self.unet = model.unet
         c = self.unet.config
@@ -168,7 +199,19 @@ class Roller:
         self.window = cfg.window or c.temporal_length
         if self.window < 2:
             raise V2WError(f"--window must be >= 2. Got {self.window}")
-        self.ddim = DDIM(model.meta.get("schedule"), cfg.steps, cfg.eta)
+        # the "no action" of guidance: a masked action embedding for models trained that way (the
+        # vid2world injection, as the official action_mask), else a zero action input
+        self.mask_null = bool(c.action_dim) and c.action_injection == "vid2world"
+        self.profile = cfg.profile or (model.meta.get("sampling") or {}).get("profile", "v2w")
+        self.official = self.profile == "vid2world"
+        self.ddim = DDIM(model.meta.get("schedule"), cfg.steps, cfg.eta, official=self.official)
+        if cfg.history_noise is not None:
+            self.history_noise = cfg.history_noise
+        elif self.official:  # the official sampler's iterator[-2]: the second-smallest DDIM timestep
+            self.history_noise = self.ddim.timesteps[-2] if len(self.ddim.timesteps) > 1 else self.ddim.timesteps[-1]
+        else:
+            self.history_noise = DEFAULT_HISTORY_NOISE
+        cfg.profile, cfg.history_noise = self.profile, self.history_noise  # resolved, as rollout.json records them
         self.fs = cfg.fs if cfg.fs is not None else int(model.meta.get("fps", c.default_fs))
         self.timing: list[float] = []
         self.frame_passes = 0  # frames pushed through the U-Net (x batch): the compute, machine-independent
@@ -177,7 +220,7 @@ class Roller:
 
     def renoise(self, z: torch.Tensor, generator) -> torch.Tensor:
         """History frame (B, 4, 1, h, w) clean latent -> its fixed noised input at t_h."""
-        return self.ddim.renoise(z, self.cfg.history_noise, randn(z.shape, generator).to(z))
+        return self.ddim.renoise(z, self.history_noise, randn(z.shape, generator).to(z))
 
     def _generators(self, batch: int):
         """One generator for the batch, or one per row (``row_seeds``)."""
@@ -187,21 +230,35 @@ class Roller:
             raise V2WError(f"{len(self.row_seeds)} row seeds for a batch of {batch}")
         return [torch.Generator().manual_seed(int(s)) for s in self.row_seeds]
 
-    def _unet(self, x, ts, concat, ctx, actions, start: int, n: int):
-        """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w)."""
+    def _unet(self, x, ts, concat, ctx, actions, start: int, n: int, mask=None, window_len: int | None = None):
+        """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w). ``mask`` (B, n): the
+        action-embedding mask (vid2world); ``window_len``: frames in the whole window (vid2world's rule
+        for the image context: split per frame only when the window holds the Resampler's frame count)."""
         b = x.shape[0]
         self.frame_passes += b * n
         tokens = self.unet.config.image_tokens_per_frame
-        ctx_n = torch.cat([ctx[:, :TEXT_TOKENS], ctx[:, TEXT_TOKENS + start * tokens : TEXT_TOKENS + (start + n) * tokens]], dim=1)
+        if self.official and window_len is not None and TEXT_TOKENS + window_len * tokens != ctx.shape[1]:
+            ctx_n = ctx  # every frame attends to all image tokens, as the official U-Net does then
+        else:
+            ctx_n = torch.cat([ctx[:, :TEXT_TOKENS], ctx[:, TEXT_TOKENS + start * tokens : TEXT_TOKENS + (start + n) * tokens]], dim=1)
         inp = torch.cat([x, concat.expand(-1, -1, n, -1, -1)], dim=1)
         fs = torch.full((b,), self.fs, dtype=torch.long, device=x.device)
         with autocast(x.device, self.cfg.precision):
-            return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions).to(x.dtype)
+            return self.unet(inp, ts, context=ctx_n, fs=fs, actions=actions, action_mask=mask).to(x.dtype)
 
     def image_context(self, frame0: torch.Tensor, frames: int) -> torch.Tensor:
-        """The model's CLIP + Resampler context, under the rollout's precision."""
+        """The model's CLIP + Resampler context, under the rollout's precision (vid2world: all of the
+        Resampler's tokens, laid out as the official model received them)."""
         with autocast(frame0.device, self.cfg.precision):
-            return self.model.image_context(frame0, frames)
+            return self.model.image_context(frame0, frames, layout="vid2world" if self.official else "per-frame")
+
+    def uncond_image_context(self, frame0: torch.Tensor, frames: int, ctx: torch.Tensor) -> torch.Tensor:
+        """The unconditional pass's context: the same (v2w), or the CLIP tokens of the conditioning
+        frame's VAE round trip (vid2world: the official sampler's ``uc`` is built from ``xrec``)."""
+        if not self.official:
+            return ctx
+        recon = self.model.decode_latents(self.model.encode_frames(frame0[:, :, None]))[:, :, 0]
+        return self.image_context(recon, frames)
 
     # ------------------------------------------------------------------ the loop
 
@@ -245,39 +302,52 @@ class Roller:
     def _guided(self, acts) -> bool:
         return acts is not None and self.cfg.guidance != 1.0
 
-    def _pair(self, x, ts, concat, ctx, acts, new_index):
+    def _pair(self, x, ts, concat, ctx, acts, new_index, ctx_uncond=None):
         """Duplicate inputs for the conditional and unconditional passes (batched together); unguided
         (guidance 1 or no actions) the inputs as they are: the unconditional half would be unused.
-        new_index: which frame's action the unconditional pass zeroes (None: none)."""
+        new_index: which frame's action the unconditional pass drops (None: none): its input zeroed
+        (v2w) or its embedding masked (vid2world). Returns (x, ts, concat, ctx, actions, mask)."""
         if not self._guided(acts):
-            return x, ts, concat, ctx, acts
+            return x, ts, concat, ctx, acts, None
         x2, ts2 = torch.cat([x, x]), torch.cat([ts, ts])
-        concat2, ctx2 = torch.cat([concat, concat]), torch.cat([ctx, ctx])
-        acts2 = None
-        if acts is not None:
+        concat2, ctx2 = torch.cat([concat, concat]), torch.cat([ctx, ctx if ctx_uncond is None else ctx_uncond])
+        mask = None
+        if self.mask_null:  # the action_mask of the official sampler: embedding of the newest frame off
+            acts2 = torch.cat([acts, acts])
+            mask = torch.ones(acts2.shape[:2], device=acts.device)
+            if new_index is not None:
+                mask[acts.shape[0]:, new_index] = 0
+        else:
             uncond = acts.clone()
             if new_index is not None:
                 uncond[:, new_index] = 0
             acts2 = torch.cat([acts, uncond])
-        return x2, ts2, concat2, ctx2, acts2
+        return x2, ts2, concat2, ctx2, acts2, mask
 
-    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist) -> torch.Tensor:
-        """Guided v for the newest frame (B, 4, 1, h, w)."""
+    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist, ctx_uncond=None, hist_out=None) -> torch.Tensor:
+        """Guided v for the newest frame (B, 4, 1, h, w). ``hist_out`` (2B, 4, hist, h, w): both guidance
+        halves' outputs at the history frames, from the cache's prefill (vid2world guides the window)."""
         b = x_new.shape[0]
         dev = x_new.device
         guided = self._guided(acts)
         if cache is not None:
             ts = torch.full((b, 1), t, dtype=torch.long, device=dev)
             a_new = acts[:, hist : hist + 1] if acts is not None else None
-            x2, ts2, c2, ctx2, a2 = self._pair(x_new, ts, concat, ctx, a_new, 0)
+            x2, ts2, c2, ctx2, a2, m2 = self._pair(x_new, ts, concat, ctx, a_new, 0, ctx_uncond)
             with activation_cache(self.unet, cache, "read"):
-                out = self._unet(x2, ts2, c2, ctx2, a2, hist, 1)
+                out = self._unet(x2, ts2, c2, ctx2, a2, hist, 1, m2, hist + 1)
+            if self.official and guided and hist_out is not None:  # the whole window, as uncached
+                out = torch.cat([hist_out, out], dim=2)
+                return guide(out[:b], out[b:], self.cfg.guidance, self.cfg.guidance_rescale)[:, :, -1:]
         else:
             x = torch.cat([*hist_noised, x_new], dim=2)
-            ts = torch.full((b, hist + 1), self.cfg.history_noise, dtype=torch.long, device=dev)
+            ts = torch.full((b, hist + 1), self.history_noise, dtype=torch.long, device=dev)
             ts[:, -1] = t
-            x2, ts2, c2, ctx2, a2 = self._pair(x, ts, concat, ctx, acts, hist)
-            out = self._unet(x2, ts2, c2, ctx2, a2, 0, hist + 1)[:, :, -1:]
+            x2, ts2, c2, ctx2, a2, m2 = self._pair(x, ts, concat, ctx, acts, hist, ctx_uncond)
+            out = self._unet(x2, ts2, c2, ctx2, a2, 0, hist + 1, m2, hist + 1)
+            if self.official and guided:  # the official sampler guides (and rescales) the whole window
+                return guide(out[:b], out[b:], self.cfg.guidance, self.cfg.guidance_rescale)[:, :, -1:]
+            out = out[:, :, -1:]
         v = guide(out[:b], out[b:], self.cfg.guidance, self.cfg.guidance_rescale) if guided else out
         if self.cfg.history_guidance > 0 and hist > 0:
             v = self._history_guided(v, x_new, t, concat, ctx, acts, hist)
@@ -305,15 +375,21 @@ class Roller:
         acts = actions[:, :total] if actions is not None else None
 
         def predict(x_t, t):
-            ts = torch.full((b, total), cfg.history_noise, dtype=torch.long, device=x_t.device)
+            ts = torch.full((b, total), self.history_noise, dtype=torch.long, device=x_t.device)
             ts[:, n_ctx:] = t
             inp = torch.cat([hist, x_t], dim=2)
             if acts is None or cfg.guidance == 1.0:
-                return self._unet(inp, ts, concat, ctx, acts, 0, total)[:, :, n_ctx:]
-            uncond = acts.clone()
-            uncond[:, n_ctx:] = 0
+                return self._unet(inp, ts, concat, ctx, acts, 0, total, window_len=total)[:, :, n_ctx:]
+            mask = None
+            if self.mask_null:  # every new frame's action embedding off
+                uncond = acts
+                mask = torch.ones(2 * b, total, device=acts.device)
+                mask[b:, n_ctx:] = 0
+            else:
+                uncond = acts.clone()
+                uncond[:, n_ctx:] = 0
             out = self._unet(torch.cat([inp, inp]), torch.cat([ts, ts]), torch.cat([concat, concat]),
-                             torch.cat([ctx, ctx]), torch.cat([acts, uncond]), 0, total)[:, :, n_ctx:]
+                             torch.cat([ctx, ctx]), torch.cat([acts, uncond]), 0, total, mask, total)[:, :, n_ctx:]
             return guide(out[:b], out[b:], cfg.guidance, cfg.guidance_rescale)
 
         t0 = time.perf_counter()
@@ -338,7 +414,8 @@ class RolloutStream:
         uses_actions = context_actions is not None
         self.actions = [context_actions[:, i] for i in range(n_ctx)] if uses_actions else None
         self.cache, self.cache_start, self.cached = ActivationCache(), None, 0
-        self.window_ctx, self.ctx_start = None, None
+        self.hist_out: list[torch.Tensor] = []  # the cached history frames' outputs, both halves (vid2world guidance)
+        self.window_ctx, self.window_ctx_u, self.ctx_start = None, None, None
 
     frames_per_step = 1  # video frames one prediction makes
     buffered = 0  # frames decoded ahead (none: one frame per prediction)
@@ -370,7 +447,12 @@ class RolloutStream:
             self.pixels[start] = r.model.decode_latents(self.clean[start])[:, :, 0]
         if self.ctx_start != start:  # CLIP + Resampler once per conditioning frame, not once per new frame
             self.window_ctx, self.ctx_start = r.image_context(self.pixels[start], r.window), start
-        concat, ctx = self.clean[start], self.window_ctx[:, : TEXT_TOKENS + (hist + 1) * tokens]
+            self.window_ctx_u = r.uncond_image_context(self.pixels[start], r.window, self.window_ctx)
+        concat = self.clean[start]
+        if r.official:  # the official context: all tokens, whatever the window's length
+            ctx, ctx_u = self.window_ctx, self.window_ctx_u
+        else:
+            ctx = ctx_u = self.window_ctx[:, : TEXT_TOKENS + (hist + 1) * tokens]
         acts = None
         if self.actions is not None:
             self.actions.append(action)
@@ -379,19 +461,24 @@ class RolloutStream:
         if cfg.cache:
             if self.cache_start != start:  # the window slid: every history activation changes
                 self.cache.clear()
-                self.cache_start, self.cached = start, 0
+                self.cache_start, self.cached, self.hist_out = start, 0, []
             if self.cached < hist:
                 x_add = torch.cat(self.noised[start + self.cached : n], dim=2)
-                ts_add = torch.full((b, hist - self.cached), cfg.history_noise, dtype=torch.long, device=x_add.device)
+                ts_add = torch.full((b, hist - self.cached), r.history_noise, dtype=torch.long, device=x_add.device)
                 a_add = acts[:, self.cached : hist] if acts is not None else None
+                x2, ts2, c2, ctx2, a2, m2 = r._pair(x_add, ts_add, concat, ctx, a_add, None, ctx_u)
                 with activation_cache(r.unet, self.cache, "append"):
-                    r._unet(*r._pair(x_add, ts_add, concat, ctx, a_add, None), self.cached, hist - self.cached)
+                    out = r._unet(x2, ts2, c2, ctx2, a2, self.cached, hist - self.cached, m2, hist + 1)
+                self.hist_out.append(out)
                 self.cached = hist
         # 3. denoise the new frame from pure noise
         x = randn(self.clean[0].shape, self.g).to(self.clean[0])
         hist_noised = self.noised[start:n]
         cache = self.cache if cfg.cache else None
-        x = r.ddim.denoise(x, lambda x_t, t: r._predict_new(x_t, t, hist_noised, concat, ctx, acts, cache, hist), self.g)
+        hist_out = torch.cat(self.hist_out, dim=2) if cfg.cache and self.hist_out else None
+        x = r.ddim.denoise(
+            x, lambda x_t, t: r._predict_new(x_t, t, hist_noised, concat, ctx, acts, cache, hist, ctx_u, hist_out), self.g
+        )
         # 4. it joins the history, re-noised once
         self.clean.append(x)
         self.noised.append(r.renoise(x, self.g))

@@ -43,7 +43,8 @@ def load_strict(
             return prefix + k
         return f"{prefix}{origin[k]} (-> {k})" if k in origin and origin[k] != k else prefix + origin.get(k, k)
 
-    missing = [k if origin is not None else prefix + k for k in own if k not in sd]
+    # a missing key is named as the checkpoint would have it when ``origin`` knows (it may map every key)
+    missing = [(name(k) if k in origin else k) if origin is not None else prefix + k for k in own if k not in sd]
     unexpected = [prefix + k for k in unused] + [name(k) for k in sd if k not in own]
     shapes = [
         f"{name(k)} is {tuple(sd[k].shape)}, {against} needs {tuple(own[k].shape)}"

@@ -53,7 +53,7 @@ from pipelines.models.action import is_action_parameter, shift_actions
 from pipelines.models.attention import TemporalTransformer
 from pipelines.models.latent_frames import group_actions
 from pipelines.models.unet import TemporalConvBlock
-from pipelines.models.world_model import load_model
+from pipelines.official import open_model
 from pipelines.sampler import Roller, RolloutConfig
 from pipelines.statedict import read_safetensors, read_torch
 
@@ -142,6 +142,7 @@ def diffusion_forcing_loss(
     cond_dropout: float = 0.05,
     fs: int = 3,
     shared_noise: bool = False,
+    mask_actions: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (mean loss, per-(sample, frame) loss (B, T), noise levels t (B, T)).
 
@@ -149,6 +150,8 @@ def diffusion_forcing_loss(
     latents (B, 4, T, h, w) scaled; frame0 (B, 3, H, W) in [-1, 1]; actions (B, T, A) or None.
     All randomness comes from ``generator`` (its state is checkpointed). ``shared_noise``: one
     level per sample for all its frames, the bidirectional video-diffusion objective (pretraining).
+    ``mask_actions``: a dropped action is a zero *embedding* (``action_mask``, the official Vid2World
+    training of ``vid2world``-injection models) instead of a zero input.
     """
     b, _, t, _, _ = latents.shape
     dev = latents.device
@@ -170,11 +173,17 @@ def diffusion_forcing_loss(
     concat = (latents[:, :, :1] * keep[:, None, None, None, None]).expand(-1, -1, t, -1, -1)
     frame0 = frame0 * keep[:, None, None, None].to(frame0.dtype)
     # 4. actions: shifted, then dropped per frame
+    mask = None
     if actions is not None:
         actions = shift_actions(actions)
-        actions = actions * (rand(b, t) >= action_dropout).to(actions.dtype)[..., None]
+        keep = (rand(b, t) >= action_dropout).to(actions.dtype)
+        if mask_actions:
+            mask = keep
+        else:
+            actions = actions * keep[..., None]
     fs_t = torch.full((b,), fs, dtype=torch.long, device=dev)
-    v = model(torch.cat([x_t, concat], dim=1), ts, frame0, fs=fs_t, actions=actions)
+    extra = {"action_mask": mask} if mask is not None else {}
+    v = model(torch.cat([x_t, concat], dim=1), ts, frame0, fs=fs_t, actions=actions, **extra)
     per_frame = F.mse_loss(v.float(), target.float(), reduction="none").mean(dim=(1, 3, 4))  # (B, T)
     return per_frame.mean(), per_frame.detach(), ts
 
@@ -375,10 +384,11 @@ def _setup(cfg: TrainConfig) -> _Session:
         cpu=cfg.device == "cpu",
     )
     rank, world = accelerator.process_index, accelerator.num_processes
-    model = load_model(cfg.model, accelerator.device)
+    model = open_model(cfg.model, accelerator.device)
     if not hasattr(model, "unet") or not hasattr(model.unet, "config"):
         raise V2WError("v2w train supports the dynamicrafter and wan family MODEL folders", path=cfg.model)
-    stream = ClipStream(cfg.data, "train", cfg.seed, rank, world, cfg.shuffle_buffer)
+    raw_actions = model.meta.get("action_normalization") == "none"  # an official import: trained on raw actions
+    stream = ClipStream(cfg.data, "train", cfg.seed, rank, world, cfg.shuffle_buffer, normalize_actions=not raw_actions)
     _check_compatible(model, stream.manifest, cfg)
     return training_session(cfg, accelerator, model, stream)
 
@@ -473,6 +483,7 @@ def train_step(s: _Session, samples, step: int):
                 loss, per_frame, ts = diffusion_forcing_loss(
                     s.wrapped, latents, frames[:, :, 0], actions, s.scheduler, s.table, s.generator,
                     cfg.action_dropout, cfg.cond_dropout, cfg.fs, shared_noise=cfg.noise_levels == "shared",
+                    mask_actions=model.unet.config.action_injection == "vid2world",
                 )
             if not torch.isfinite(loss):
                 last = list_checkpoints(s.run_dir)
@@ -701,7 +712,7 @@ def _save_final(s: _Session, step: int) -> None:
             "data": cfg.data,
             "from_model": cfg.model,
             "weights": "ema" if ema is not None else "raw",
-            "action_stats": manifest.get("action_stats"),
+            "action_stats": None if model.meta.get("action_normalization") == "none" else manifest.get("action_stats"),
             "action_type": manifest.get("action_type"),
             "action_names": manifest.get("action_names"),
             "fps": manifest.get("fps"),

@@ -25,7 +25,7 @@ from pipelines.devices import autocast
 from pipelines.errors import V2WError
 from pipelines.models.cache import ActivationCache, activation_cache
 from pipelines.models.latent_frames import TEMPORAL_COMPRESSION, group_actions, video_to_latent_frames
-from pipelines.sampler import Roller, RolloutConfig, guide, randn
+from pipelines.sampler import DEFAULT_HISTORY_NOISE, Roller, RolloutConfig, apply_model_defaults, guide, randn
 
 
 def flow_sigmas(steps: int, shift: float) -> list[float]:
@@ -41,7 +41,7 @@ class WanRoller(Roller):
     """:class:`Roller` for the Wan family (see the module doc); ``window`` counts latent frames."""
 
     def __init__(self, model, cfg: RolloutConfig):
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg = model, apply_model_defaults(cfg, model)
         model.eval()
         self.unet = model.transformer
         if cfg.mode != "autoregressive":
@@ -53,7 +53,8 @@ class WanRoller(Roller):
         if self.window < 2:
             raise V2WError(f"--window must be >= 2 latent frames. Got {self.window}")
         self.sigmas = flow_sigmas(cfg.steps, float(model.meta.get("schedule", {}).get("flow_shift", 3.0)))
-        self.sigma_h = cfg.history_noise / 1000
+        self.history_noise = cfg.history_noise if cfg.history_noise is not None else DEFAULT_HISTORY_NOISE
+        self.sigma_h = self.history_noise / 1000
         self.timing: list[float] = []
         self.frame_passes = 0
         self._context = None  # the last rollout's context latents, for decode()

@@ -258,6 +258,8 @@ def test_cli_train_resume_and_final_is_causal(setup, tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["check"]["causal"]
     assert normalize_argv(["train", "--resume", "--quiet"]) == ["train", "--resume", "latest", "--quiet"]
     assert normalize_argv(["train", "--resume", "step-4"]) == ["train", "--resume", "step-4"]
+    # pretrain's --resume is a plain flag: a trailing one must stay bare
+    assert normalize_argv(["pretrain", "--quiet", "--resume"]) == ["pretrain", "--quiet", "--resume"]
     shutil.rmtree(tmp_path / "r")
 
 

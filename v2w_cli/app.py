@@ -46,9 +46,16 @@ quickstart.register(app)
 play.register(app)
 
 
+# commands whose ``--resume`` takes a value; elsewhere (``pretrain``) it is a plain flag
+RESUME_TAKES_VALUE = {"train"}
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
-    """``--resume`` may stand alone (latest checkpoint) or take a value (``--resume step-N``);
+    """``v2w train --resume`` may stand alone (latest checkpoint) or take a value (``--resume step-N``);
     give the bare form its value so the option parser never swallows the next flag."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in RESUME_TAKES_VALUE:
+        return list(argv)
     out = []
     for i, a in enumerate(argv):
         out.append(a)

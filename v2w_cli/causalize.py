@@ -22,6 +22,10 @@ Examples:
 
   v2w causalize --ckpt tiny --out models/boxing-ss --action-dim 18 --action-type discrete --action-injection scale-shift
 
+  v2w causalize --ckpt thuml/Vid2World-CSGO --out models/v2w-csgo     (an official checkpoint: keys mapped, nothing retrained)
+
+  v2w causalize --ckpt thuml/Vid2World-RT1 --out models/v2w-rt1-exact --norm per-frame   (exactly causal: cacheable)
+
   v2w causalize --ckpt dynamicrafter --check       (probe only: is the causalized model causal?)
 
   v2w causalize --ckpt runs/rt1/final --check      (probe a MODEL folder; exit 1 if it leaks)
@@ -39,13 +43,13 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def causalize(
-    ckpt: str = typer.Option(..., "--ckpt", help="dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny (shipped base) | tiny-random | PATH (.ckpt/.safetensors, or a v2w pretrain BASE folder)."),
+    ckpt: str = typer.Option(..., "--ckpt", help="dynamicrafter | dynamicrafter-256 | dynamicrafter-1024 | tiny (shipped base) | tiny-random | thuml/Vid2World-RT1|-CSGO|-RECON|... (an official world model: imported, not re-causalized) | PATH (.ckpt/.safetensors, or a v2w pretrain BASE folder)."),
     out: Path = typer.Option(None, "--out", "-o", help="MODEL folder to write."),
     base_config: str = typer.Option(None, "--base-config", help="DynamiCrafter inference YAML (non-default configs)."),
     family: str = typer.Option("dynamicrafter", "--family", help="dynamicrafter | unet3d (diffusers UNet3DConditionModel) | wan (Wan 2.1 DiT, diffusers layout; --ckpt Wan-AI/Wan2.1-T2V-1.3B-Diffusers, a folder, or tiny-wan)."),
     transfer: str = typer.Option("extrapolative", "--transfer", help="Temporal conv weight transfer: shift|masked|extrapolative."),
     extrapolation_order: int = typer.Option(1, "--extrapolation-order", help="Polynomial order of the extrapolative transfer."),
-    norm: str = typer.Option("per-frame", "--norm", help="Temporal GroupNorm: per-frame (exactly causal) | pooled (official)."),
+    norm: str = typer.Option(None, "--norm", help="Temporal GroupNorm: per-frame (exactly causal; the default for a base) | pooled (what the official Vid2World checkpoints were trained with; their default)."),
     action_dim: int = typer.Option(0, "--action-dim", help="Action size A (0: no action conditioning)."),
     action_type: str = typer.Option("continuous", "--action-type", help="continuous (MLP) | discrete (embedding)."),
     action_injection: str = typer.Option("time", "--action-injection", help="How actions enter the U-Net: time (added to the time embedding; the paper's) | scale-shift (AdaGN in every ResBlock) | tokens (per-frame cross-attention tokens)."),
@@ -84,7 +88,7 @@ def causalize(
         return
     if quiet:
         return
-    print_check(result, cfg.norm)
+    print_check(result, result.report.get("norm", cfg.norm) if result.report else cfg.norm)
     if result.out:
         console.print(f"wrote [bold]{result.out}[/] in {result.seconds:.1f} s; inspect it with: v2w info {result.out}")
 

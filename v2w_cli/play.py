@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 @handle_errors
 def play(
-    model: str = typer.Option(..., "--model", "-m", help="MODEL folder, or 'tiny' for the shipped Boxing world model."),
+    model: str = typer.Option(..., "--model", "-m", help="MODEL folder, 'tiny' for the shipped Boxing world model, or an official one: thuml/Vid2World-CSGO (imported on first use)."),
     context: str = typer.Option(None, "--context", help="Image, video or .npy of context frames."),
     data: str = typer.Option(None, "--data", help="DATA folder: start from one of its clips instead."),
     clip: str = typer.Option(None, "--clip", help="With --data: the clip key [default: the first val clip]."),
@@ -45,7 +45,7 @@ def play(
     from pipelines.devices import resolve_device
     from pipelines.errors import V2WError
     from pipelines.models.checkpoint import shipped_world_model
-    from pipelines.models.world_model import load_model
+    from pipelines.official import open_model
     from pipelines.play import KeyBindings, PlaySettings, load_context
     from pipelines.play_server import ServerConfig, make_app, serve
 
@@ -54,7 +54,7 @@ def play(
     torch.set_num_threads(threads)
     device = str(resolve_device(device))
     path = str(shipped_world_model()) if model == "tiny" else model
-    m = load_model(path, device)
+    m = open_model(path, device)
     KeyBindings.for_model(m)  # a MODEL without actions: refused now, not when a tab connects
     if context is None and data is None and model == "tiny":
         context = _fresh_boxing_start(context_frames or 2)

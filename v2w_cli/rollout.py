@@ -56,9 +56,10 @@ def rollout(
     ),
     steps: int = typer.Option(50, "--steps", help="DDIM steps per frame."),
     eta: float = typer.Option(1.0, "--eta"),
-    guidance: float = typer.Option(2.5, "--guidance", help="Causal action guidance scale (1 = off)."),
+    guidance: float = typer.Option(None, "--guidance", help="Causal action guidance scale (1 = off) [default: the model's; 2.5]."),
     guidance_rescale: float = typer.Option(0.7, "--guidance-rescale"),
-    history_noise: int = typer.Option(20, "--history-noise", help="Noise level history frames are fed at."),
+    history_noise: int = typer.Option(None, "--history-noise", help="Noise level history frames are fed at [default: 20; the vid2world profile: the second-smallest DDIM step]."),
+    profile: str = typer.Option(None, "--profile", help="Sampler details: v2w | vid2world (the official Vid2World sampler's, for its checkpoints) [default: the model's]."),
     history_guidance: float = typer.Option(0.0, "--history-guidance", help="Guide against a history-free pass (anti-drift; beyond the paper)."),
     window: int = typer.Option(None, "--window", help="Frames the model sees at once [default: training length]."),
     cache: bool = typer.Option(None, "--cache/--no-cache", help="Exact activation cache [default: on for per-frame-norm models]."),
@@ -78,6 +79,7 @@ def rollout(
     cfg = RolloutConfig(
         steps=steps, eta=eta, guidance=guidance, guidance_rescale=guidance_rescale, history_noise=history_noise,
         history_guidance=history_guidance, window=window, cache=cache, mode=mode, seed=seed, precision=precision,
+        profile=profile,
     )
     job = RolloutJob(
         model=str(model), out=str(out), context=context, actions=actions, reference=reference,

@@ -32,6 +32,7 @@ class ClipStream:
         rank: int = 0,
         world: int = 1,
         shuffle_buffer: int = 64,
+        normalize_actions: bool = True,  # False: continuous actions as stored (a model trained on raw actions)
     ):
         self.data = Path(data)
         self.manifest = load_manifest(data)
@@ -46,7 +47,7 @@ class ClipStream:
             )
         self.shards = [str(self.data / s["name"]) for s in shards]
         self.seed, self.rank, self.world, self.buffer = seed, rank, world, shuffle_buffer
-        self.normalize = ActionNormalizer(self.manifest)
+        self.normalize = ActionNormalizer(self.manifest) if normalize_actions else (lambda a: a)
 
     def _raw(self, epoch: int) -> Iterator[dict]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))

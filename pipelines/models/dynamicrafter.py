@@ -63,6 +63,20 @@ def load_dynamicrafter_base(
     with torch.device("meta"):
         unet = VideoUNet(unet_config)
     check_keys(unet, rename_legacy_keys(parts["unet"]), "U-Net", source)
+    model = with_conditioning(unet, sd, parts, yaml_cfg, source, log)
+    model.meta["made_from"] = {"checkpoint": source, "dropped_keys": len(dropped)}
+    return model, source
+
+
+def with_conditioning(
+    unet: VideoUNet, sd: dict, parts: dict, yaml_cfg: dict | None, source: str, log=lambda msg: None,
+    resampler_video_length: int | None = None,
+) -> WorldModel:
+    """A WorldModel of ``unet`` and the rest of a DynamiCrafter-layout checkpoint, each part strictly
+    keyed: the VAE, the CLIP image tower, the Resampler, and the empty prompt's text context.
+    ``resampler_video_length``: the Resampler's frame count when no YAML says it (default: the U-Net's
+    temporal_length, as DynamiCrafter; the official Vid2World models keep 16 whatever theirs)."""
+    unet_config = unet.config
     meta = {"fps": unet_config.default_fs}
     model_params = (yaml_cfg or {}).get("model", {}).get("params", {})
 
@@ -80,7 +94,7 @@ def load_dynamicrafter_base(
         image_encoder = load_vision_tower(sd, "embedder.model.", source=source).module
     if parts["image_proj"]:
         rp = model_params.get("image_proj_stage_config", {}).get("params") or resampler_params_from_shapes(
-            parts["image_proj"], unet_config.temporal_length)
+            parts["image_proj"], resampler_video_length or unet_config.temporal_length)
         image_proj = Resampler(**rp)
         check_keys(image_proj, parts["image_proj"], "Resampler (image_proj_model)", source)
     # 4. text tower (cond_stage_model.*): only the empty prompt's context is kept
@@ -90,8 +104,7 @@ def load_dynamicrafter_base(
         with torch.no_grad():
             empty = compute_empty_text_context(text)
         del text
-    meta["made_from"] = {"checkpoint": source, "dropped_keys": len(dropped)}
-    return WorldModel(unet, vae, image_encoder, image_proj, empty, meta), source
+    return WorldModel(unet, vae, image_encoder, image_proj, empty, meta)
 
 
 def resampler_params_from_shapes(sd: dict, video_length: int) -> dict:

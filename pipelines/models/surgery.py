@@ -64,7 +64,8 @@ def causalize(
     if action_dim:  # new layers get their real initialisation (zero last layer)
 
         causal.action_encoder = ActionEncoder(
-            action_dim, causal.action_embed_dim, cfg.model_channels, action_type, init_std=action_init_std
+            action_dim, causal.action_embed_dim, cfg.model_channels, action_type, init_std=action_init_std,
+            embed_then_mlp=action_injection == "vid2world",
         ).to(device)
         g = torch.Generator().manual_seed(0)  # the injection's projections: seeded, like every fresh layer here
         slots = [(m, a) for m in causal.modules() for a in ("action_mod", "to_k_action", "to_v_action") if hasattr(m, a)]

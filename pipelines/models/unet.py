@@ -35,6 +35,9 @@ from pipelines.models.checkpoint import (
 )
 
 
+OUT_CONVS = ("same", "causal-height")
+
+
 @dataclass
 class UNetConfig:
     # --- DynamiCrafter's UNetModel arguments (same names and meaning) ---
@@ -76,9 +79,14 @@ class UNetConfig:
     image_tokens_per_frame: int = 16
     action_injection: str = "time"  # time (Vid2World) | scale-shift (AdaGN in every ResBlock) | tokens (cross-attention)
     action_tokens: int = 4  # tokens per frame for action_injection "tokens"
+    # the official Vid2World checkpoints build their final conv with causal=True while dims=2, which
+    # makes it causal along the image *height*: "causal-height" reproduces that (docs/design.md §14)
+    out_conv: str = "same"
 
     def __post_init__(self):
         is_per_frame(self.temporal_norm)  # validates
+        if self.out_conv not in OUT_CONVS:
+            raise V2WError(f"out_conv must be one of {{{', '.join(OUT_CONVS)}}}. Got {self.out_conv!r}")
         if self.action_injection not in ACTION_INJECTIONS:
             raise V2WError(f"action_injection must be one of {{{', '.join(ACTION_INJECTIONS)}}}. Got {self.action_injection!r}")
 
@@ -124,6 +132,18 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     args = timesteps[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class CausalHeightConv2d(nn.Conv2d):
+    """The official Vid2World U-Net's final conv: a k x k conv whose output row i reads input rows
+    i-k+1..i (zero padding of k-1 rows on top, none below; (k-1)/2 columns each side). It is
+    DynamiCrafter's "same" conv built through ``conv_nd(2, ..., causal=True)``, whose causal axis is
+    the first spatial one: height, not time. Kept so those checkpoints compute what they were
+    trained to (``UNetConfig.out_conv = "causal-height"``); parameter names stay ``weight``/``bias``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel_size
+        return F.conv2d(F.pad(x, ((kw - 1) // 2, (kw - 1) // 2, kh - 1, 0)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -310,7 +330,9 @@ class VideoUNet(nn.Module):
             nn.init.zeros_(self.fps_embedding[-1].weight)
             nn.init.zeros_(self.fps_embedding[-1].bias)
         if c.action_dim:
-            self.action_encoder = ActionEncoder(c.action_dim, self.action_embed_dim, c.model_channels, c.action_type)
+            self.action_encoder = ActionEncoder(
+                c.action_dim, self.action_embed_dim, c.model_channels, c.action_type, embed_then_mlp=c.action_injection == "vid2world"
+            )
         modulate = bool(c.action_dim) and c.action_injection == "scale-shift"
         act_tokens = c.action_tokens if c.action_dim and c.action_injection == "tokens" else 0
 
@@ -387,7 +409,9 @@ class VideoUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1))
+        out_conv = CausalHeightConv2d(c.model_channels, c.out_channels, 3) if c.out_conv == "causal-height" else \
+            nn.Conv2d(c.model_channels, c.out_channels, 3, padding=1)
+        self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), out_conv)
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
         if c.causal:
@@ -475,8 +499,11 @@ class VideoUNet(nn.Module):
         fs: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
         features_adapter: list | None = None,
+        action_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Denoiser output (B, out_channels, T, H, W); see the module docstring for shapes."""
+        """Denoiser output (B, out_channels, T, H, W); see the module docstring for shapes.
+        ``action_mask`` (B, T): multiplies each frame's action *embedding* (the official Vid2World
+        ``action_mask``: 0 = no action for that frame, whatever the encoder's biases give a zero input)."""
         if features_adapter is not None:
             raise V2WError("features_adapter (T2I-adapter features) is not supported")
         c = self.config
@@ -494,8 +521,13 @@ class VideoUNet(nn.Module):
         if c.action_dim and (actions is not None or c.action_injection == "tokens"):
             if actions is None:  # the tokens are part of the context: no action = the zero action (as dropout trains)
                 actions = torch.zeros(b, t, c.action_dim, device=x.device, dtype=x.dtype)
-            action_emb = self.action_encoder(actions).reshape(b * t, -1).to(emb.dtype)
-        if action_emb is not None and c.action_injection == "time":
+            action_emb = self.action_encoder(actions)
+            if action_mask is not None:
+                if action_mask.shape != (b, t):
+                    raise V2WError(f"action_mask must be (B, T) = ({b}, {t}). Got {tuple(action_mask.shape)}")
+                action_emb = action_emb * action_mask[..., None].to(action_emb.dtype)
+            action_emb = action_emb.reshape(b * t, -1).to(emb.dtype)
+        if action_emb is not None and c.action_injection in ("time", "vid2world"):
             emb, action_emb = emb + action_emb, None
         context = self.frame_context(context, b, t)
         if action_emb is not None and c.action_injection == "tokens":

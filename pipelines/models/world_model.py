@@ -74,15 +74,26 @@ class WorldModel(nn.Module):
             raise V2WError("this model has no VAE")
         return decode_video(self.vae, latents, self.meta["latent_scale"])
 
-    def image_context(self, frame0: torch.Tensor, num_frames: int) -> torch.Tensor:
+    @property
+    def context_layout(self) -> str:
+        """How the image tokens reach the U-Net: ``per-frame`` (v2w) or ``vid2world`` (imported official
+        checkpoints: all of them, split per frame by the U-Net only when T is the Resampler's length)."""
+        return self.meta.get("context_layout", "per-frame")
+
+    def image_context(self, frame0: torch.Tensor, num_frames: int, layout: str | None = None) -> torch.Tensor:
         """Context for the U-Net: empty-text tokens then 16 Resampler tokens per frame, from the
         CLIP image tokens of ``frame0`` (B, 3, H, W) in [-1, 1] -> (B, 77 + T * 16, D).
 
         The Resampler makes tokens for ``video_length`` frames; frames past that reuse the last
-        frame's tokens (they all come from frame 0, so nothing about the future leaks in)."""
+        frame's tokens (they all come from frame 0, so nothing about the future leaks in).
+        ``layout`` "vid2world" (default: :attr:`context_layout`): all ``video_length`` x 16 tokens
+        whatever T, as the official model was fed; its U-Net splits them per frame only when
+        T = video_length, otherwise every frame attends to all of them."""
         if self.image_encoder is None or self.image_proj is None or self.empty_text.numel() == 0:
             raise V2WError("this model has no image conditioning (image encoder, Resampler, empty text)")
         tokens = self.image_proj(self.image_encoder(frame0))  # (B, L*n, D)
+        if (layout or self.context_layout) == "vid2world":
+            return torch.cat([self.empty_text.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
         n = self.unet.config.image_tokens_per_frame
         per_frame = tokens.reshape(tokens.shape[0], -1, n, tokens.shape[-1])
         idx = torch.clamp(torch.arange(num_frames, device=tokens.device), max=per_frame.shape[1] - 1)
@@ -97,11 +108,12 @@ class WorldModel(nn.Module):
         frame0: torch.Tensor,
         fs: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoiser with its conditioning: x (B, 8, T, h, w) = noisy latents + frame-0 latent,
         frame0 (B, 3, H, W) pixels for the image context -> v prediction (B, 4, T, h, w).
         (One module, so data-parallel training syncs the U-Net and the Resampler together.)"""
-        return self.unet(x, timesteps, context=self.image_context(frame0, x.shape[2]), fs=fs, actions=actions)
+        return self.unet(x, timesteps, context=self.image_context(frame0, x.shape[2]), fs=fs, actions=actions, action_mask=action_mask)
 
     # ------------------------------------------------------------------ files
 
@@ -156,7 +168,8 @@ class WorldModel(nn.Module):
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Anything ``causalize`` or ``train`` wrote (docs/design.md §8)."""
+    """Anything ``causalize`` or ``train`` wrote (docs/design.md §8); the stages' ``--model`` also takes
+    a released Vid2World model's hub name through :func:`pipelines.official.open_model`."""
     family = read_model_config(path).get("family", "dynamicrafter")
     if family == "dynamicrafter":
         return WorldModel.from_pretrained(path, device)

@@ -59,9 +59,11 @@ def test_starts_as_the_base_and_then_follows_actions(models, mode, kind):
 def test_gradient_reaches_every_action_parameter(models, mode):
     unet = load_model(models / f"{mode}-discrete").unet.train()
     inp = probe_inputs(unet)
-    # at init only the encoder can get a gradient (its output is zero, so the projections see zero input)
+    # at init only the encoder can get a gradient (its output is zero, so the projections see zero input);
+    # in vid2world's layout the encoder's zero layer is the MLP's last, after the embedding
     unet(inp["x"], inp["timesteps"], context=inp["context"], actions=inp["actions"]).square().mean().backward()
-    assert unet.action_encoder.embedding.grad.abs().max() > 0
+    first = unet.action_encoder.mlp[-1].weight if mode == "vid2world" else unet.action_encoder.embedding
+    assert first.grad.abs().max() > 0
     unet.zero_grad()
     _randomize_action_layers(unet)
     unet(inp["x"], inp["timesteps"], context=inp["context"], actions=inp["actions"]).square().mean().backward()
@@ -71,7 +73,8 @@ def test_gradient_reaches_every_action_parameter(models, mode):
 
     n_res = sum(isinstance(m, ResBlock) for m in unet.modules())
     n_cross = sum(isinstance(m, SpatialTransformer) for m in unet.modules())
-    expected = {"time": 1, "scale-shift": 1 + 2 * n_res, "tokens": 1 + 2 * n_cross}[mode]  # weight + bias / k + v
+    # weight + bias / k + v; vid2world: the embedding and its MLP's two layers
+    expected = {"time": 1, "scale-shift": 1 + 2 * n_res, "tokens": 1 + 2 * n_cross, "vid2world": 5}[mode]
     assert len(params) == expected
     no_grad = [n for n, p in params.items() if p.grad is None or p.grad.abs().max() == 0]
     assert not no_grad, no_grad[:4]

@@ -52,6 +52,25 @@ ACTION_NAMES = (
 )
 assert len(ACTION_NAMES) == 51
 
+MOUSE_X0, MOUSE_Y0 = 13, 36  # where the mouse-x and mouse-y one-hot blocks start
+
+
+def encode_action(keys=(), clicks=(), mouse_x: float = 0.0, mouse_y: float = 0.0) -> np.ndarray:
+    """One frame's 51-d action in this layout (what Vid2World-CSGO and DIAMOND's CS:GO model read):
+    ``keys`` from KEY_NAMES and ``clicks`` from ("left", "right") set their bits; the mouse movement
+    (the dataset's units) sets the one-hot bin of the nearest listed value, the 0 bin when still."""
+    a = np.zeros(len(ACTION_NAMES), dtype=np.float32)
+    for k in keys:
+        if k not in KEY_NAMES:
+            raise V2WError(f"CS:GO key {k!r} is not one of {KEY_NAMES}")
+        a[KEY_NAMES.index(k)] = 1
+    for c in clicks:
+        a[{"left": 11, "right": 12}[c]] = 1
+    a[MOUSE_X0 + int(np.argmin(np.abs(np.array(MOUSE_X_VALUES) - mouse_x)))] = 1
+    a[MOUSE_Y0 + int(np.argmin(np.abs(np.array(MOUSE_Y_VALUES) - mouse_y)))] = 1
+    return a
+
+
 _FRAME_KEY = re.compile(r"^frame_(\d+)_(x|y)$")
 _DETECT_PROBES = 8  # how many files detect() opens at most: enough to skip a few broken ones
 
