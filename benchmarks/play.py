@@ -9,12 +9,17 @@ in a second process meanwhile (the browser's share of a 2-core machine). With ``
 setting is also scored the way ``v2w eval`` does on ``--limit`` clips (2 context frames): PSNR of
 the model and of copy-last, and the true - shuffled actions gap, LPIPS of the model and of copy-last.
 
-    python benchmarks/play.py [--settings 1x1,2x1,4x1,10x2.5] [--threads 1] [--load] [--data DATA --limit 12]
+    python benchmarks/play.py [--settings 1x1,2x1,4x1,10x2.5] [--slides 1,4] [--frames 200] [--threads 1] [--load] [--data DATA --limit 12]
+
+Steady state: over ``--frames`` 200 the window fills and slides; each line says the share of the time
+spent rebuilding the cache after the window moved, which ``--slides`` (the window's move, v2w
+play's ``--slide``) cuts to one rebuild per K frames.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import tempfile
 import time
@@ -28,16 +33,18 @@ def _spin(stop):
         sum(i * i for i in range(10000))
 
 
-def speed(model, ctx, steps: int, guidance: float, frames: int) -> tuple[float, list[float]]:
+def speed(model, ctx, steps: int, guidance: float, frames: int, slide: int = 1) -> tuple[float, list[float], float]:
+    """-> (mean ms/frame, ms per frame, share of the time spent rebuilding the cache after window moves)."""
     from pipelines.play import PlaySession, PlaySettings
 
-    session = PlaySession(model, ctx, PlaySettings(steps=steps, guidance=guidance))
+    session = PlaySession(model, ctx, PlaySettings(steps=steps, guidance=guidance, slide=slide))
     keys = [["ArrowRight"], ["ArrowUp"], [" "], [], ["ArrowLeft"], ["ArrowDown"]]
     session.step(keys[0])  # warm-up
     session.reset()
     for i in range(frames):
         session.step(keys[i % len(keys)])
-    return float(np.mean(session.ms)), session.ms
+    rebuild = session.stream.rebuild_seconds / (sum(session.ms) / 1000)
+    return float(np.mean(session.ms)), session.ms, rebuild
 
 
 def quality(model_path: str, data: str, limit: int, steps: int, guidance: float) -> dict:
@@ -60,7 +67,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="MODEL folder [default: the shipped world model]")
     ap.add_argument("--settings", default="1x1,2x1,4x1,4x2.5,10x2.5", help="STEPSxGUIDANCE, comma-separated")
-    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=200, help="frames per setting (200: the window fills and slides many times)")
+    ap.add_argument("--baseline-frames", type=int, default=24, help="frames of the baseline rollout")
+    ap.add_argument("--slides", default="1", help="window moves (--slide) to measure each setting at, e.g. 1,4")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--load", action="store_true", help="keep one core busy in another process meanwhile")
     ap.add_argument("--data", default=None, help="DATA with fresh clips: also score each setting")
@@ -91,18 +100,20 @@ def main() -> None:
         with torch.no_grad():
             lat = model.encode_frames(pixels)
         a = model.unet.config.action_dim
-        acts = torch.nn.functional.one_hot(torch.arange(2 + args.frames) % a, a).float()[None]
+        n_base = min(args.frames, args.baseline_frames)
+        acts = torch.nn.functional.one_hot(torch.arange(2 + n_base) % a, a).float()[None]
         roller = Roller(model, RolloutConfig(steps=10, guidance=2.5))
         t0 = time.perf_counter()
-        roller.rollout(lat, pixels, acts, args.frames)
-        base_ms = (time.perf_counter() - t0) / args.frames * 1000
-        print(f"threads {args.threads}{', one core busy in another process' if args.load else ''}; {args.frames} frames each")
+        roller.rollout(lat, pixels, acts, n_base)
+        base_ms = (time.perf_counter() - t0) / n_base * 1000
+        print(f"threads {args.threads}{', one core busy in another process' if args.load else ''}; {args.frames} frames each "
+              f"(the baseline {n_base})")
         print(f"baseline  v2w rollout (10 steps, guidance 2.5): {base_ms:7.0f} ms/frame  {1000 / base_ms:5.2f} frames/s")
-        for spec in args.settings.split(","):
+        for spec, slide in itertools.product(args.settings.split(","), (int(k) for k in args.slides.split(","))):
             steps, guidance = int(spec.split("x")[0]), float(spec.split("x")[1])
-            ms, per = speed(model, ctx, steps, guidance, args.frames)
-            line = (f"play      steps {steps:2d} guidance {guidance:3.1f}:     {ms:7.0f} ms/frame  {1000 / ms:5.2f} frames/s  "
-                    f"({base_ms / ms:4.1f}x the baseline; slowest frame {max(per):.0f} ms)")
+            ms, per, rebuild = speed(model, ctx, steps, guidance, args.frames, slide)
+            line = (f"play      steps {steps:2d} guidance {guidance:3.1f} slide {slide}: {ms:7.0f} ms/frame  {1000 / ms:5.2f} frames/s  "
+                    f"({base_ms / ms:4.1f}x the baseline; slowest frame {max(per):.0f} ms; {100 * rebuild:.0f}% rebuilding the cache)")
             if args.data:
                 q = quality(path, args.data, args.limit, steps, guidance)
                 line += (f"  PSNR {q['psnr']:.2f} (copy-last {q['copy_last']:.2f}), true-shuffled {q['gap']:+.3f} dB, "

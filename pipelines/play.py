@@ -175,12 +175,16 @@ class PlaySettings:
     guidance_rescale: float = 0.7
     history_noise: int | None = None  # None: the sampling profile's (v2w 20; vid2world the 2nd-smallest DDIM step)
     window: int | None = None
+    # the window moves this many frames at a time (one cache rebuild per move); None: min(4, window // 2).
+    # benchmarks/play.py: at 1 step, 1 thread, 200 frames, a move of 1 spends 64 % of the time rebuilding
+    # the cache (5.0 frames/s), of 4 17 % (8.8 frames/s)
+    slide: int | None = None
     seed: int = 0
     precision: str = "fp32"  # bf16 on a GPU: faster passes (autocast)
 
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(steps=self.steps, guidance=self.guidance, guidance_rescale=self.guidance_rescale,
-                             history_noise=self.history_noise, window=self.window, seed=self.seed,
+                             history_noise=self.history_noise, window=self.window, slide=self.slide or 1, seed=self.seed,
                              precision=self.precision)
 
 
@@ -226,6 +230,8 @@ class PlaySession:
         self.model, self.context, self.settings, self.model_name, self.device = model, context, settings, model_name, device
         self.bindings = KeyBindings.for_model(model)
         self.roller = make_roller(model, settings.rollout_config())
+        if settings.slide is None:  # the default move, once the window is known
+            self.roller.cfg.slide = max(1, min(4, self.roller.window // 2))
         pixels = to_pixels(context, device)
         with torch.no_grad():
             self.context_latents = model.encode_frames(pixels)
@@ -289,7 +295,8 @@ class PlaySession:
         replay = (f"v2w rollout --model {self.model_name} --context {folder / 'context.npy'} --actions {folder / 'acts.npy'} "
                   f"--context-frames {self.context.shape[0]} --steps {s.steps} --guidance {s.guidance} "
                   f"--guidance-rescale {s.guidance_rescale} --history-noise {self.roller.history_noise} --seed {s.seed} --eta 1.0"
-                  + (f" --window {s.window}" if s.window else "") + f" --out {folder / 'replay'}")
+                  + (f" --window {s.window}" if s.window else "") + f" --slide {self.roller.cfg.slide}"
+                  + f" --out {folder / 'replay'}")
         with atomic_dir(folder) as tmp:
             np.save(tmp / "context.npy", self.context, allow_pickle=False)
             np.save(tmp / "acts.npy", acts, allow_pickle=False)

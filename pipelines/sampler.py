@@ -60,6 +60,7 @@ class RolloutConfig:
     history_noise: int | None = None  # noise level of history frames; None = the profile's (v2w: 20, vid2world: 2nd-smallest DDIM step)
     history_guidance: float = 0.0  # > 0: also guide against a pass without history (beyond the paper)
     window: int | None = None  # frames in the model's view; None = training length
+    slide: int = 1  # once the window is full, it moves by this many frames at a time (the cache is rebuilt once per move)
     cache: bool | None = None  # exact activation cache; None = on for per-frame-norm models
     mode: str = "autoregressive"  # autoregressive | full
     seed: int = 0
@@ -77,6 +78,8 @@ class RolloutConfig:
             raise V2WError(f"--steps must be >= 1. Got {self.steps}")
         if self.window is not None and self.window < 2:
             raise V2WError(f"--window must be >= 2. Got {self.window}")
+        if self.slide < 1:
+            raise V2WError(f"--slide must be >= 1. Got {self.slide}")
         if self.history_noise is not None and not 0 <= self.history_noise < 1000:
             raise V2WError(f"--history-noise must be in [0, 999]. Got {self.history_noise}")
 
@@ -199,6 +202,8 @@ class Roller:
         self.window = cfg.window or c.temporal_length
         if self.window < 2:
             raise V2WError(f"--window must be >= 2. Got {self.window}")
+        if cfg.slide > self.window - 1:
+            raise V2WError(f"--slide must be at most window - 1 = {self.window - 1} (a window keeps >= 1 history frame). Got {cfg.slide}")
         # the "no action" of guidance: a masked action embedding for models trained that way (the
         # vid2world injection, as the official action_mask), else a zero action input
         self.mask_null = bool(c.action_dim) and c.action_injection == "vid2world"
@@ -398,6 +403,14 @@ class Roller:
         return x
 
 
+def window_start(n: int, window: int, slide: int = 1) -> int:
+    """The first frame of the window that predicts frame n: the newest ``window`` frames with slide 1;
+    with slide K > 1 the start moves K frames at a time (a multiple of K), so the window holds
+    window - K + 1 .. window frames and the history cache is rebuilt once every K frames."""
+    over = n - (window - 1)
+    return 0 if over <= 0 else -(-over // slide) * slide
+
+
 class RolloutStream:
     """One autoregressive rollout's state: every frame's clean latent, its fixed re-noised history
     input, its per-frame action input, the pixels known so far and the activation cache.
@@ -415,6 +428,8 @@ class RolloutStream:
         self.actions = [context_actions[:, i] for i in range(n_ctx)] if uses_actions else None
         self.cache, self.cache_start, self.cached = ActivationCache(), None, 0
         self.hist_out: list[torch.Tensor] = []  # the cached history frames' outputs, both halves (vid2world guidance)
+        # seconds in the cache's prefill passes, and in the part of them that rebuilt a slid window
+        self.prefill_seconds = self.rebuild_seconds = 0.0
         self.window_ctx, self.window_ctx_u, self.ctx_start = None, None, None
 
     frames_per_step = 1  # video frames one prediction makes
@@ -441,7 +456,7 @@ class RolloutStream:
         tokens = r.unet.config.image_tokens_per_frame
         # 1. the window: the new frame and up to window - 1 frames before it
         n = len(self.clean)  # index of the new frame
-        start = max(0, n - (r.window - 1))  # first frame in the window
+        start = window_start(n, r.window, cfg.slide)  # first frame in the window
         hist = n - start
         if start not in self.pixels:
             self.pixels[start] = r.model.decode_latents(self.clean[start])[:, :, 0]
@@ -467,8 +482,13 @@ class RolloutStream:
                 ts_add = torch.full((b, hist - self.cached), r.history_noise, dtype=torch.long, device=x_add.device)
                 a_add = acts[:, self.cached : hist] if acts is not None else None
                 x2, ts2, c2, ctx2, a2, m2 = r._pair(x_add, ts_add, concat, ctx, a_add, None, ctx_u)
+                t0 = time.perf_counter()
                 with activation_cache(r.unet, self.cache, "append"):
                     out = r._unet(x2, ts2, c2, ctx2, a2, self.cached, hist - self.cached, m2, hist + 1)
+                dt = time.perf_counter() - t0
+                self.prefill_seconds += dt
+                if self.cached == 0 and start > 0:  # the window moved: every history activation recomputed
+                    self.rebuild_seconds += dt
                 self.hist_out.append(out)
                 self.cached = hist
         # 3. denoise the new frame from pure noise

@@ -25,7 +25,7 @@ from pipelines.devices import autocast
 from pipelines.errors import V2WError
 from pipelines.models.cache import ActivationCache, activation_cache
 from pipelines.models.latent_frames import TEMPORAL_COMPRESSION, group_actions, video_to_latent_frames
-from pipelines.sampler import DEFAULT_HISTORY_NOISE, Roller, RolloutConfig, apply_model_defaults, guide, randn
+from pipelines.sampler import DEFAULT_HISTORY_NOISE, Roller, RolloutConfig, apply_model_defaults, guide, randn, window_start
 
 
 def flow_sigmas(steps: int, shift: float) -> list[float]:
@@ -52,6 +52,8 @@ class WanRoller(Roller):
         self.window = cfg.window or (video_to_latent_frames(int(clip_len)) if clip_len else 5)
         if self.window < 2:
             raise V2WError(f"--window must be >= 2 latent frames. Got {self.window}")
+        if cfg.slide > self.window - 1:
+            raise V2WError(f"--slide must be at most window - 1 = {self.window - 1} latent frames. Got {cfg.slide}")
         self.sigmas = flow_sigmas(cfg.steps, float(model.meta.get("schedule", {}).get("flow_shift", 3.0)))
         self.history_noise = cfg.history_noise if cfg.history_noise is not None else DEFAULT_HISTORY_NOISE
         self.sigma_h = self.history_noise / 1000
@@ -159,7 +161,7 @@ class WanRolloutStream:
         b = self.clean[0].shape[0]
         # 1. the window
         n = len(self.clean)
-        start = max(0, n - (r.window - 1))
+        start = window_start(n, r.window, r.cfg.slide)
         hist = n - start
         win_acts = None
         if self.groups is not None:

@@ -107,3 +107,28 @@ def test_full_mode_baseline(rollout_env):
     assert out.shape == (1, 4, 4, 4, 4) and torch.isfinite(out).all()
     with pytest.raises(V2WError, match="context \\+ horizon <= window"):
         Roller(model, RolloutConfig(steps=3, mode="full", window=4)).rollout(lat, pix, acts, 4)
+
+
+def test_window_start_moves_by_the_slide():
+    from pipelines.sampler import window_start
+
+    assert [window_start(n, 4, 1) for n in range(2, 9)] == [0, 0, 1, 2, 3, 4, 5]  # the newest 4 frames
+    starts = [window_start(n, 4, 2) for n in range(2, 10)]
+    assert starts == [0, 0, 2, 2, 4, 4, 6, 6]  # moves 2 frames at a time
+    assert all(1 <= n - s <= 3 for n, s in zip(range(2, 10), starts))  # 1..window-1 history frames
+
+
+def test_slide_keeps_cache_equal_to_no_cache_and_rebuilds_less(rollout_env):
+    model = load_model(rollout_env / "model")
+    lat, pix, acts = inputs(model, horizon=7)
+    out, rebuilt = {}, {}
+    for slide, cache in ((1, True), (3, True), (3, False)):
+        roller = Roller(model, RolloutConfig(steps=2, cache=cache, window=5, slide=slide))
+        stream = roller.stream(lat, pix, acts[:, :2])
+        out[slide, cache] = torch.cat([stream.step(acts[:, 2 + k]) for k in range(7)], dim=2)
+        rebuilt[slide, cache] = stream.rebuild_seconds > 0
+    assert (out[3, True] - out[3, False]).abs().max() <= 1e-4  # exact across the 3-frame moves
+    assert (out[3, True] - out[1, True]).abs().max() > 1e-4  # a different (shorter on average) history
+    assert rebuilt[1, True] and rebuilt[3, True]
+    with pytest.raises(V2WError, match="--slide must be at most"):
+        Roller(model, RolloutConfig(window=4, slide=4))

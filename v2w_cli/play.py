@@ -33,6 +33,7 @@ def play(
     steps: int = typer.Option(1, "--steps", help="DDIM steps per frame (more: slower, a little sharper; see the README's table)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Causal action guidance (1 = off, half the compute)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (reset replays it)."),
+    slide: int = typer.Option(None, "--slide", help="Once the window is full it moves this many frames at a time: one cache rebuild per move instead of per frame [default: min(4, window / 2); 1: the newest frames always]."),
     tick: int = typer.Option(125, "--tick", help="Real-time mode: ms between frames at most."),
     max_sessions: int = typer.Option(2, "--max-sessions", help="Browser tabs served at once."),
     record_dir: str = typer.Option("play-recordings", "--record-dir", help="Where the record button writes."),
@@ -60,7 +61,7 @@ def play(
         context = _fresh_boxing_start(context_frames or 2)
         context_frames = context_frames or 2
     frames, what = load_context(m, context, data, clip, context_frames)
-    settings = PlaySettings(steps=steps, guidance=guidance, seed=seed, precision=precision)
+    settings = PlaySettings(steps=steps, guidance=guidance, seed=seed, precision=precision, slide=slide)
     settings.rollout_config()  # validates the sampling flags now, not when a tab connects
     server = ServerConfig(host=host, port=port, max_sessions=max_sessions, tick_ms=tick, record_dir=record_dir)
     app = make_app(m, frames, settings, server, model_name=path, device=device, context_name=what)

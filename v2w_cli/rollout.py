@@ -62,6 +62,7 @@ def rollout(
     profile: str = typer.Option(None, "--profile", help="Sampler details: v2w | vid2world (the official Vid2World sampler's, for its checkpoints) [default: the model's]."),
     history_guidance: float = typer.Option(0.0, "--history-guidance", help="Guide against a history-free pass (anti-drift; beyond the paper)."),
     window: int = typer.Option(None, "--window", help="Frames the model sees at once [default: training length]."),
+    slide: int = typer.Option(1, "--slide", help="Once the window is full it moves this many frames at a time: the history cache is rebuilt once per move (K=1: every frame)."),
     cache: bool = typer.Option(None, "--cache/--no-cache", help="Exact activation cache [default: on for per-frame-norm models]."),
     mode: str = typer.Option("autoregressive", "--mode", help="autoregressive | full (all frames jointly; baseline)."),
     seed: int = typer.Option(0, "--seed"),
@@ -79,7 +80,7 @@ def rollout(
     cfg = RolloutConfig(
         steps=steps, eta=eta, guidance=guidance, guidance_rescale=guidance_rescale, history_noise=history_noise,
         history_guidance=history_guidance, window=window, cache=cache, mode=mode, seed=seed, precision=precision,
-        profile=profile,
+        profile=profile, slide=slide,
     )
     job = RolloutJob(
         model=str(model), out=str(out), context=context, actions=actions, reference=reference,
