@@ -44,6 +44,7 @@ from pipelines.metrics.frechet import frechet_from_features
 from pipelines.metrics.i3d import I3DFeatures
 from pipelines.metrics.image import psnr_frames, ssim_frames
 from pipelines.metrics.networks import TorchScriptFeatures, load_lpips
+from pipelines.metrics.windows import collapse_probes, default_windows, window_columns, window_name
 from pipelines.metrics.weights import WEIGHTS, find_weight
 
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd", "dreamsim")
@@ -76,6 +77,7 @@ class EvalConfig:
     lpips_net: str | None = None  # default: the preset's, else vgg
     batch_size: int = 32
     device: str = "auto"  # where the metric networks run (auto: the GPU when there is one)
+    windows: tuple[tuple[int, int], ...] | None = None  # horizon windows (1-based, inclusive); None: auto for horizons >= 30
     extra: dict = field(default_factory=dict)
 
 
@@ -254,7 +256,27 @@ def score_set(scorer: Scorer, clips: dict, pred: np.ndarray | None = None) -> di
             if r is not None:
                 result[m] = r["value"]
                 result[f"{m}_info"] = r
+    windows = scorer.cfg.windows or default_windows(pred.shape[1])
+    if windows:
+        result["windows"] = score_windows(scorer, per, pred, ref, windows)
     return result
+
+
+def score_windows(scorer: Scorer, per: dict, pred: np.ndarray, ref: np.ndarray, windows) -> dict:
+    """Per horizon window: the per-frame scores averaged over it, FID of its frames against the
+    reference's same frames, and the collapse probes of prediction and reference."""
+    out = {}
+    for w in windows:
+        cols = window_columns(w, pred.shape[1])
+        res = {m: float(np.where(np.isfinite(v[:, cols]), v[:, cols], 100.0).mean()) for m, v in per.items()}
+        if "fid" in scorer.cfg.metrics:
+            r = scorer.frechet("fid", pred[:, cols], ref[:, cols])
+            if r is not None:
+                res["fid"], res["fid_info"] = r["value"], r
+        probes, ref_probes = collapse_probes(pred[:, cols]), collapse_probes(ref[:, cols])
+        res.update({"change": probes["change"], "std": probes["std"], "ref_change": ref_probes["change"], "ref_std": ref_probes["std"]})
+        out[window_name(w)] = res
+    return out
 
 
 def load_counterfactual(folder: Path) -> dict:
@@ -451,6 +473,8 @@ def markdown_table(report: dict) -> str:
         text += "\nAction following (true minus shuffled actions): " + ", ".join(
             f"{m.upper()} {a[m]:+.3f}" for m in ("psnr", "lpips", "ssim") if m in a
         ) + f" over {a['n_clips']} clips (PSNR/SSIM gap > 0 and LPIPS gap < 0 mean the model follows the actions).\n"
+    if model.get("windows"):
+        text += windows_markdown(report)
     if report.get("counterfactual"):
         text += counterfactual_markdown(report["counterfactual"])
     for m, det in (report.get("detectors") or {}).items():
@@ -462,6 +486,27 @@ def markdown_table(report: dict) -> str:
             info = res.get(f"{m}_info")
             if info and info.get("skipped"):
                 text += f"- {m} ({name}): {info['skipped']}\n"
+    return text
+
+
+def windows_markdown(report: dict) -> str:
+    """Per horizon window: PSNR, LPIPS, FID of each set, and the collapse probes of the model."""
+    text = "\n## Per horizon window (predicted frames)\n\n| set | " + " | ".join(
+        f"{w} PSNR / LPIPS / FID" for w in report["sets"]["model"]["windows"]) + " |\n"
+    text += "|---" * (1 + len(report["sets"]["model"]["windows"])) + "|\n"
+    for name, res in report["sets"].items():
+        if not res.get("windows"):
+            continue
+        cells = []
+        for r in res["windows"].values():
+            fid = r.get("fid")
+            cells.append(f"{r.get('psnr', float('nan')):.2f} / {r.get('lpips', float('nan')):.3f} / "
+                         + (f"{fid:.1f}" + ("*" if (r.get("fid_info") or {}).get("biased") else "") if fid is not None else "n/a"))
+        text += f"| {name} | " + " | ".join(cells) + " |\n"
+    m = report["sets"]["model"]["windows"]
+    text += "\nCollapse probes (model vs reference): " + "; ".join(
+        f"{w}: change {r['change']:.4f} vs {r['ref_change']:.4f}, std {r['std']:.3f} vs {r['ref_std']:.3f}" for w, r in m.items()
+    ) + " (mean |frame t - frame t-1| and per-frame pixel std, in [0, 1]: a frozen rollout's change, a blank one's std, goes to 0).\n"
     return text
 
 

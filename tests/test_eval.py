@@ -83,3 +83,29 @@ def test_require_makes_missing_weights_an_error(tmp_path, monkeypatch):
     assert "lpips" in out["skipped"] and "vgg16-397923af.pth" in out["skipped"]["lpips"]
     res = CliRunner().invoke(app, ["eval", "--pred", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3")])
     assert res.exit_code == 1 and "no predictions" in res.output
+
+
+def test_horizon_windows_score_apart_and_catch_a_frozen_rollout(tmp_path):
+    from pipelines.metrics.windows import default_windows, parse_windows
+
+    assert parse_windows("1-10,41-50") == ((1, 10), (41, 50)) and default_windows(100) == ((1, 10), (46, 55), (91, 100))
+    assert default_windows(12) is None
+    with pytest.raises(V2WError, match="FIRST-LAST"):
+        parse_windows("1-10,x")
+    # predictions that drift: exact early, noisy late, and frozen (a copy of one frame) at the end
+    (tmp_path / "pred" / "clips").mkdir(parents=True)
+    for i in range(4):
+        r = np.random.default_rng(i)
+        ref = r.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8)
+        pred = ref.copy()
+        pred[10:20] = np.clip(ref[10:20].astype(int) + r.integers(-40, 41, ref[10:20].shape), 0, 255)
+        pred[20:] = ref[19]
+        np.savez(tmp_path / "pred" / "clips" / f"c{i}.npz", context=ref[:2], pred=pred, ref=ref, actions=np.zeros((32, 2)))
+    rep = run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "rep"), metrics=("psnr",),
+                         windows=parse_windows("1-10,11-20,21-30")))
+    w = rep["sets"]["model"]["windows"]
+    assert w["1-10"]["psnr"] == 100.0 and 10 < w["11-20"]["psnr"] < 40  # identical frames are capped at 100 dB
+    assert w["21-30"]["change"] == 0.0 and w["21-30"]["ref_change"] > 0.1  # the frozen window shows
+    assert "Per horizon window" in (tmp_path / "rep" / "metrics.md").read_text()
+    with pytest.raises(V2WError, match="past the horizon"):
+        run(EvalConfig(pred=str(tmp_path / "pred"), out=str(tmp_path / "rep2"), metrics=("psnr",), windows=((31, 40),)))

@@ -15,6 +15,8 @@ Examples:
   v2w eval --pred preds/rt1 --out reports/rt1 --preset rt1 --baseline copy-last --weights ~/v2w-weights
 
   v2w eval --pred preds/csgo --out reports/csgo --metrics psnr,ssim,lpips --require
+
+  v2w eval --pred preds/boxing-100 --out reports/long --windows 1-10,41-50,91-100   (does a 100-frame rollout hold?)
 """
 
 
@@ -37,17 +39,19 @@ def evaluate(
     force: bool = typer.Option(False, "--force", help="Compute FID/FVD below the sample guard (marked biased)."),
     lpips_net: str = typer.Option(None, "--lpips-net", help="vgg | alex [default: the preset's, else vgg]."),
     device: str = typer.Option("auto", "--device", help="Where LPIPS / FID / FVD networks run: auto (the GPU when there is one) | cpu | cuda | cuda:N."),
+    windows: str = typer.Option(None, "--windows", help="Horizon windows of predicted frames to score apart, e.g. 1-10,41-50,91-100 (PSNR, SSIM, LPIPS, FID, collapse probes) [default: first, middle and last 10 for horizons >= 30]."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     json_out: bool = typer.Option(False, "--json", help="Print metrics.json on stdout."),
 ) -> None:
     from pipelines.devices import resolve_device
     from pipelines.evaluate import EvalConfig, run
+    from pipelines.metrics.windows import parse_windows
 
     cfg = EvalConfig(
         pred=str(pred), out=str(out), ref=str(ref) if ref else None,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()), preset=preset,
         baseline=None if baseline in ("none", "") else baseline, weights=str(weights) if weights else None,
-        require=require, force=force, lpips_net=lpips_net, device=str(resolve_device(device)),
+        require=require, force=force, lpips_net=lpips_net, device=str(resolve_device(device)), windows=parse_windows(windows),
     )
     log = (lambda m: None) if (quiet or json_out) else (lambda m: console.print(f"[dim]{m}[/]"))
     with console.status("scoring", spinner="dots") if not (quiet or json_out) else contextlib.nullcontext():
