@@ -178,19 +178,49 @@ class DDIM:
         return x
 
 
-class Roller:
-    """Rolls a WorldModel forward; holds the schedule, the cache and the timing."""
+class RollerBase:
+    """What every family's sampler shares (the U-Net's below, Wan's in ``pipelines/wan_sampler.py``):
+    the model in eval mode, the settings with the model's defaults filled in, the window and its
+    slide, the random generators, the timing. A family supplies its network call, its schedule and
+    its stream (``stream(...)`` -> an object with ``step``/``next_frame``), which rollout and play share."""
 
     # one seed per batch row (None: one generator for the whole batch, seeded with cfg.seed): a row's
     # noise then does not depend on the other rows in its batch, so two rollouts of one context under
     # different actions (counterfactual branches, an action sweep) differ only by their actions
     row_seeds: list[int] | None = None
 
-    def __init__(self, model, cfg: RolloutConfig):
+    def __init__(self, model, cfg: RolloutConfig, net, window: int, unit: str = "frames"):
         self.model, self.cfg = model, apply_model_defaults(cfg, model)
         model.eval()  # dropout would make the rollout random (and the cache inexact)
-        self.unet = model.unet
-        c = self.unet.config
+        self.unet = net
+        self.window = window
+        if self.window < 2:
+            raise V2WError(f"--window must be >= 2 {unit}. Got {self.window}")
+        if cfg.slide > self.window - 1:
+            raise V2WError(f"--slide must be at most window - 1 = {self.window - 1} {unit} (a window keeps >= 1 "
+                           f"history frame). Got {cfg.slide}")
+        self.timing: list[float] = []
+        self.frame_passes = 0  # frames pushed through the network (x batch): the compute, machine-independent
+
+    def _generators(self, batch: int):
+        """One generator for the batch, or one per row (``row_seeds``)."""
+        if self.row_seeds is None:
+            return torch.Generator().manual_seed(self.cfg.seed)
+        if len(self.row_seeds) != batch:
+            raise V2WError(f"{len(self.row_seeds)} row seeds for a batch of {batch}")
+        return [torch.Generator().manual_seed(int(s)) for s in self.row_seeds]
+
+    def _guided(self, acts) -> bool:
+        return acts is not None and self.cfg.guidance != 1.0
+
+
+class Roller(RollerBase):
+    """Rolls a (DynamiCrafter-family) WorldModel forward: DDIM, the exact cache, causal action guidance."""
+
+    def __init__(self, model, cfg: RolloutConfig):
+        c = model.unet.config
+        super().__init__(model, cfg, model.unet, cfg.window or c.temporal_length)
+        cfg = self.cfg
         exact = c.causal and c.per_frame_norm
         if cfg.cache is None:
             cfg.cache = exact and cfg.mode == "autoregressive"
@@ -199,11 +229,6 @@ class Roller:
                 "--cache needs a causal model with per-frame temporal norms: with pooled norms every new frame "
                 "changes the history's activations, so nothing can be reused. Use --no-cache"
             )
-        self.window = cfg.window or c.temporal_length
-        if self.window < 2:
-            raise V2WError(f"--window must be >= 2. Got {self.window}")
-        if cfg.slide > self.window - 1:
-            raise V2WError(f"--slide must be at most window - 1 = {self.window - 1} (a window keeps >= 1 history frame). Got {cfg.slide}")
         # the "no action" of guidance: a masked action embedding for models trained that way (the
         # vid2world injection, as the official action_mask), else a zero action input
         self.mask_null = bool(c.action_dim) and c.action_injection == "vid2world"
@@ -218,22 +243,12 @@ class Roller:
             self.history_noise = DEFAULT_HISTORY_NOISE
         cfg.profile, cfg.history_noise = self.profile, self.history_noise  # resolved, as rollout.json records them
         self.fs = cfg.fs if cfg.fs is not None else int(model.meta.get("fps", c.default_fs))
-        self.timing: list[float] = []
-        self.frame_passes = 0  # frames pushed through the U-Net (x batch): the compute, machine-independent
 
     # ------------------------------------------------------------------ pieces
 
     def renoise(self, z: torch.Tensor, generator) -> torch.Tensor:
         """History frame (B, 4, 1, h, w) clean latent -> its fixed noised input at t_h."""
         return self.ddim.renoise(z, self.history_noise, randn(z.shape, generator).to(z))
-
-    def _generators(self, batch: int):
-        """One generator for the batch, or one per row (``row_seeds``)."""
-        if self.row_seeds is None:
-            return torch.Generator().manual_seed(self.cfg.seed)
-        if len(self.row_seeds) != batch:
-            raise V2WError(f"{len(self.row_seeds)} row seeds for a batch of {batch}")
-        return [torch.Generator().manual_seed(int(s)) for s in self.row_seeds]
 
     def _unet(self, x, ts, concat, ctx, actions, start: int, n: int, mask=None, window_len: int | None = None):
         """U-Net on frames [start, start + n) of the window: x (B, 4, n, h, w). ``mask`` (B, n): the
@@ -303,9 +318,6 @@ class Roller:
         if self.cfg.mode != "autoregressive":
             raise V2WError("frame-by-frame rollout needs --mode autoregressive")
         return RolloutStream(self, context_latents, context_pixels, context_actions)
-
-    def _guided(self, acts) -> bool:
-        return acts is not None and self.cfg.guidance != 1.0
 
     def _pair(self, x, ts, concat, ctx, acts, new_index, ctx_uncond=None):
         """Duplicate inputs for the conditional and unconditional passes (batched together); unguided

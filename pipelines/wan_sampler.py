@@ -1,6 +1,6 @@
 """Autoregressive rollout of a Wan world model (flow matching, one latent frame = 4 video frames).
 
-The same contract as :class:`pipelines.sampler.Roller`, in video frames: ``rollout(context latents,
+The same contract as :class:`pipelines.sampler.Roller` (both on :class:`pipelines.sampler.RollerBase`), in video frames: ``rollout(context latents,
 context pixels, per-video-frame action inputs (B, C + H, A), H)`` with C = 1 + 4m context frames and
 H a multiple of 4; ``decode(pred)`` turns the predicted latents into H video frames (the causal VAE
 decodes them after the context's latents, as they were encoded). Per new latent frame:
@@ -25,7 +25,7 @@ from pipelines.devices import autocast
 from pipelines.errors import V2WError
 from pipelines.models.cache import ActivationCache, activation_cache
 from pipelines.models.latent_frames import TEMPORAL_COMPRESSION, group_actions, video_to_latent_frames
-from pipelines.sampler import DEFAULT_HISTORY_NOISE, Roller, RolloutConfig, apply_model_defaults, guide, randn, window_start
+from pipelines.sampler import DEFAULT_HISTORY_NOISE, RollerBase, RolloutConfig, guide, randn, window_start
 
 
 def flow_sigmas(steps: int, shift: float) -> list[float]:
@@ -37,28 +37,20 @@ def flow_sigmas(steps: int, shift: float) -> list[float]:
     return [float(s) for s in sched.sigmas]
 
 
-class WanRoller(Roller):
-    """:class:`Roller` for the Wan family (see the module doc); ``window`` counts latent frames."""
+class WanRoller(RollerBase):
+    """The Wan family's sampler (see the module doc) on the shared base; ``window`` counts latent frames."""
 
     def __init__(self, model, cfg: RolloutConfig):
-        self.model, self.cfg = model, apply_model_defaults(cfg, model)
-        model.eval()
-        self.unet = model.transformer
         if cfg.mode != "autoregressive":
             raise V2WError("Wan models roll out autoregressively only (--mode autoregressive)")
+        clip_len = (model.meta.get("trained") or {}).get("clip_len")
+        super().__init__(model, cfg, model.transformer, cfg.window or (video_to_latent_frames(int(clip_len)) if clip_len else 5),
+                         unit="latent frames")
         if cfg.cache is None:
             cfg.cache = True  # exact: no norm in a Wan block mixes frames
-        clip_len = (model.meta.get("trained") or {}).get("clip_len")
-        self.window = cfg.window or (video_to_latent_frames(int(clip_len)) if clip_len else 5)
-        if self.window < 2:
-            raise V2WError(f"--window must be >= 2 latent frames. Got {self.window}")
-        if cfg.slide > self.window - 1:
-            raise V2WError(f"--slide must be at most window - 1 = {self.window - 1} latent frames. Got {cfg.slide}")
         self.sigmas = flow_sigmas(cfg.steps, float(model.meta.get("schedule", {}).get("flow_shift", 3.0)))
         self.history_noise = cfg.history_noise if cfg.history_noise is not None else DEFAULT_HISTORY_NOISE
         self.sigma_h = self.history_noise / 1000
-        self.timing: list[float] = []
-        self.frame_passes = 0
         self._context = None  # the last rollout's context latents, for decode()
 
     # ------------------------------------------------------------------ pieces
