@@ -170,7 +170,8 @@ class KeyBindings:
 class PlaySettings:
     """``v2w play``'s sampling settings (fewer steps than ``v2w rollout`` by default: it must keep up)."""
 
-    steps: int = 1  # benchmarks/play.py: 4.5 frames/s on one thread, PSNR and action gap no worse than 10 steps
+    # None: a distilled student's own step count, else 1 (benchmarks/play.py: PSNR and action gap no worse than 10 steps)
+    steps: int | None = None
     guidance: float = 1.0  # off: one U-Net pass per step (2.5 doubles the cost for a larger action gap)
     guidance_rescale: float = 0.7
     history_noise: int | None = None  # None: the sampling profile's (v2w 20; vid2world the 2nd-smallest DDIM step)
@@ -229,6 +230,9 @@ class PlaySession:
     def __init__(self, model, context: np.ndarray, settings: PlaySettings, model_name: str = "MODEL", device: str = "cpu"):
         self.model, self.context, self.settings, self.model_name, self.device = model, context, settings, model_name, device
         self.bindings = KeyBindings.for_model(model)
+        if settings.steps is None:
+            sampling = model.meta.get("sampling") or {}
+            settings.steps = int(sampling["steps"]) if sampling.get("distilled") else 1
         self.roller = make_roller(model, settings.rollout_config())
         if settings.slide is None:  # the default move, once the window is known
             self.roller.cfg.slide = max(1, min(4, self.roller.window // 2))
@@ -293,8 +297,8 @@ class PlaySession:
         acts = (np.array(used, dtype=np.int64) if discrete else np.array(used, dtype=np.float32).reshape(len(used), -1))
         s = self.settings
         replay = (f"v2w rollout --model {self.model_name} --context {folder / 'context.npy'} --actions {folder / 'acts.npy'} "
-                  f"--context-frames {self.context.shape[0]} --steps {s.steps} --guidance {s.guidance} "
-                  f"--guidance-rescale {s.guidance_rescale} --history-noise {self.roller.history_noise} --seed {s.seed} --eta 1.0"
+                  f"--context-frames {self.context.shape[0]} --steps {s.steps} --guidance {s.guidance} --eta {self.roller.cfg.eta} "
+                  f"--guidance-rescale {s.guidance_rescale} --history-noise {self.roller.history_noise} --seed {s.seed}"
                   + (f" --window {s.window}" if s.window else "") + f" --slide {self.roller.cfg.slide}"
                   + f" --out {folder / 'replay'}")
         with atomic_dir(folder) as tmp:

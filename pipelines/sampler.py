@@ -53,8 +53,8 @@ DEFAULT_HISTORY_NOISE = 20  # the v2w profile's history noise level
 class RolloutConfig:
     """How to sample (``v2w rollout``'s flags of the same names)."""
 
-    steps: int = 50  # DDIM steps per frame
-    eta: float = 1.0  # DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like)
+    steps: int | None = None  # DDIM steps per frame; None = the model's (a distilled student's), else 50
+    eta: float | None = None  # DDIM stochasticity (0 = deterministic DDIM, 1 = DDPM-like); None = the model's, else 1
     guidance: float | None = None  # causal action guidance scale (1 = conditional only); None = the model's (2.5)
     guidance_rescale: float = 0.7  # blend of the guided v with its std-matched version (0 = off)
     history_noise: int | None = None  # noise level of history frames; None = the profile's (v2w: 20, vid2world: 2nd-smallest DDIM step)
@@ -74,7 +74,7 @@ class RolloutConfig:
             raise V2WError(f"--profile must be one of {{{', '.join(PROFILES)}}}. Got {self.profile!r}")
         if self.mode not in SAMPLING_MODES:
             raise V2WError(f"--mode must be one of {{{', '.join(SAMPLING_MODES)}}}. Got {self.mode!r}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise V2WError(f"--steps must be >= 1. Got {self.steps}")
         if self.window is not None and self.window < 2:
             raise V2WError(f"--window must be >= 2. Got {self.window}")
@@ -133,10 +133,15 @@ def randn(shape, generator) -> torch.Tensor:
 
 def apply_model_defaults(cfg: RolloutConfig, model) -> RolloutConfig:
     """Fill what the caller left to the model (None) from its ``sampling`` defaults (an imported
-    official model records its own; a -NAG one, trained without action dropout, guidance 1)."""
+    official model records its own; a -NAG one, trained without action dropout, guidance 1; a
+    ``v2w distill`` student its step count, guidance 1 (baked in) and eta 0)."""
     sampling = model.meta.get("sampling") or {}
     if cfg.guidance is None:
         cfg.guidance = float(sampling.get("guidance", 2.5))
+    if cfg.steps is None:
+        cfg.steps = int(sampling.get("steps", 50))
+    if cfg.eta is None:
+        cfg.eta = float(sampling.get("eta", 1.0))
     return cfg
 
 

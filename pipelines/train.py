@@ -314,6 +314,7 @@ class _Session:
     table: torch.Tensor  # dynamic-rescale table
     generator: torch.Generator  # noise levels, noise and dropout draws
     stream: Any  # ClipStream over the train split
+    objective: Any = None  # None: Diffusion Forcing; else .loss(s, latents, frame0, actions) and .final_meta() (v2w distill)
 
     @property
     def unet(self):
@@ -325,10 +326,16 @@ def run(
     on_progress: Callable[[dict], None] | None = None,
     log: Callable[[str], None] = lambda msg: None,
     stop_after: int | None = None,
+    objective: Callable[[Any], Any] | None = None,
 ) -> TrainResult:
-    """Train; ``stop_after`` ends this call after that many optimizer steps (tests, preemption)."""
+    """Train; ``stop_after`` ends this call after that many optimizer steps (tests, preemption).
+    ``objective``: built from the session (``objective(session)``), it replaces the Diffusion Forcing
+    loss and adds to the final MODEL's metadata; everything else (data, resume, checkpoints, EMA,
+    logs) is this stage's (``pipelines/distill.py`` uses it)."""
     t_start = time.time()
     s = _setup(cfg)  # 1. model, data, optimizer
+    if objective is not None:
+        s.objective = objective(s)
     step, epoch, offset = _resume_or_start(s, log)  # 2. resume
     acc = s.accelerator
     writer = _tensorboard(s.run_dir, acc.is_main_process)
@@ -442,7 +449,10 @@ def _resume_or_start(s: _Session, log) -> tuple[int, int, int]:
     if s.accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(run_dir / "metrics.jsonl", step)
-        write_json_atomic(run_dir / "config.json", _run_config(cfg, s.model, s.stream.manifest))
+        run_config = _run_config(cfg, s.model, s.stream.manifest)
+        if s.objective is not None:
+            run_config["objective"] = s.objective.final_meta()
+        write_json_atomic(run_dir / "config.json", run_config)
     return step, epoch, offset
 
 
@@ -474,7 +484,9 @@ def train_step(s: _Session, samples, step: int):
             latents = b["latents"].to(device) if "latents" in b and not wan else model.encode_frames(frames)
         actions = b["actions"].to(device) if model.unet.config.action_dim else None
         with acc.accumulate(s.wrapped), acc.autocast():
-            if wan:
+            if s.objective is not None:
+                loss, per_frame, ts = s.objective.loss(s, latents, frames[:, :, 0], actions)
+            elif wan:
                 loss, per_frame, ts = flow_forcing_loss(
                     s.wrapped, latents, actions, s.generator, float(model.meta["schedule"].get("flow_shift", 3.0)),
                     cfg.action_dropout, shared_noise=cfg.noise_levels == "shared",
@@ -721,6 +733,8 @@ def _save_final(s: _Session, step: int) -> None:
             "resize": ((manifest.get("made_from") or {}).get("options") or {}).get("resize", "crop"),
         }
         meta["fps"] = cfg.fs
+        if s.objective is not None:
+            meta.update(s.objective.final_meta())
         was, saved_meta = unet_raw.gradient_checkpointing, model.meta
         unet_raw.gradient_checkpointing, model.meta = False, meta
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from v2w_cli import causalize, encode, evaluate, info, play, prepare, pretrain, quickstart, rollout, train
+from v2w_cli import causalize, distill, encode, evaluate, info, play, prepare, pretrain, quickstart, rollout, train
 from v2w_cli.common import STATE
 
 app = typer.Typer(
@@ -36,9 +36,11 @@ def _root(
 
 prepare.register(app)
 pretrain.register(app)
+distill.register(app)
 causalize.register(app)
 encode.register(app)
 train.register(app)
+distill.register(app)
 rollout.register(app)
 evaluate.register(app)
 info.register(app)

@@ -30,7 +30,7 @@ def play(
     context_frames: int = typer.Option(None, "--context-frames", help="Context frames [default: the model's, else 1]."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface, with a warning)."),
     port: int = typer.Option(8765, "--port", help="Port to listen on."),
-    steps: int = typer.Option(1, "--steps", help="DDIM steps per frame (more: slower, a little sharper; see the README's table)."),
+    steps: int = typer.Option(None, "--steps", help="DDIM steps per frame [default: a distilled student's own, else 1] (more: slower, a little sharper; see the README's table)."),
     guidance: float = typer.Option(1.0, "--guidance", help="Causal action guidance (1 = off, half the compute)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (reset replays it)."),
     slide: int = typer.Option(None, "--slide", help="Once the window is full it moves this many frames at a time: one cache rebuild per move instead of per frame [default: min(4, window / 2); 1: the newest frames always]."),
@@ -50,7 +50,7 @@ def play(
     from pipelines.play import KeyBindings, PlaySettings, load_context
     from pipelines.play_server import ServerConfig, make_app, serve
 
-    if max_sessions < 1 or steps < 1 or tick < 1 or threads < 1:
+    if max_sessions < 1 or (steps is not None and steps < 1) or tick < 1 or threads < 1:
         raise V2WError("--max-sessions, --steps, --tick and --threads must be >= 1")
     torch.set_num_threads(threads)
     device = str(resolve_device(device))

@@ -54,8 +54,8 @@ def rollout(
     sweep_actions: str = typer.Option(
         None, "--sweep-actions", help="With --action-sweep: only these ids / dimensions, e.g. 0,3,4."
     ),
-    steps: int = typer.Option(50, "--steps", help="DDIM steps per frame."),
-    eta: float = typer.Option(1.0, "--eta"),
+    steps: int = typer.Option(None, "--steps", help="DDIM steps per frame [default: the model's (a distilled student's count), else 50]."),
+    eta: float = typer.Option(None, "--eta", help="DDIM stochasticity, 0 (deterministic) .. 1 [default: the model's, else 1]."),
     guidance: float = typer.Option(None, "--guidance", help="Causal action guidance scale (1 = off) [default: the model's; 2.5]."),
     guidance_rescale: float = typer.Option(0.7, "--guidance-rescale"),
     history_noise: int = typer.Option(None, "--history-noise", help="Noise level history frames are fed at [default: 20; the vid2world profile: the second-smallest DDIM step]."),
