@@ -16,7 +16,6 @@ to run this test. Also stored: the key lists of the official U-Net at its real s
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +32,9 @@ from pipelines.models.vid2world import (
     v2w_to_official_key,
 )
 
+from test_unet_reference import _uniform  # noqa: E402  (the same name-hash weights as DynamiCrafter's fixture)
+
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "vid2world_reference.safetensors"
-
-
-def _uniform(name: str, n: int) -> np.ndarray:
-    """n values in [-1, 1), a pure function of (name, index): splitmix64 on uint64 (exact everywhere)."""
-    with np.errstate(over="ignore"):
-        z = np.arange(n, dtype=np.uint64) + np.uint64(zlib.crc32(name.encode())) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0**52 - 1.0
 
 
 def official_weights(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
