@@ -346,20 +346,29 @@ class Roller(RollerBase):
             acts2 = torch.cat([acts, uncond])
         return x2, ts2, concat2, ctx2, acts2, mask
 
-    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist, ctx_uncond=None, hist_out=None) -> torch.Tensor:
-        """Guided v for the newest frame (B, 4, 1, h, w). ``hist_out`` (2B, 4, hist, h, w): both guidance
-        halves' outputs at the history frames, from the cache's prefill (vid2world guides the window)."""
+    def _predict_new(self, x_new, t, hist_noised, concat, ctx, acts, cache, hist, ctx_uncond=None, hist_out=None,
+                     joining: int = 0) -> torch.Tensor:
+        """Guided v for the newest frame (B, 4, 1, h, w). With the cache, ``joining`` history frames (the
+        newest ones, not cached yet) join it in this same network call: causal attention and convs keep
+        them from seeing the new frame, so this is the separate append pass and the read pass in one.
+        ``hist_out``: a list of both guidance halves' outputs at the cached history frames (B2, 4, n, h, w),
+        extended here (vid2world guides the whole window)."""
         b = x_new.shape[0]
         dev = x_new.device
         guided = self._guided(acts)
         if cache is not None:
-            ts = torch.full((b, 1), t, dtype=torch.long, device=dev)
-            a_new = acts[:, hist : hist + 1] if acts is not None else None
-            x2, ts2, c2, ctx2, a2, m2 = self._pair(x_new, ts, concat, ctx, a_new, 0, ctx_uncond)
-            with activation_cache(self.unet, cache, "read"):
-                out = self._unet(x2, ts2, c2, ctx2, a2, hist, 1, m2, hist + 1)
-            if self.official and guided and hist_out is not None:  # the whole window, as uncached
-                out = torch.cat([hist_out, out], dim=2)
+            x = torch.cat([*hist_noised[hist - joining :], x_new], dim=2)
+            ts = torch.full((b, joining + 1), self.history_noise, dtype=torch.long, device=dev)
+            ts[:, -1] = t
+            a_in = acts[:, hist - joining : hist + 1] if acts is not None else None
+            x2, ts2, c2, ctx2, a2, m2 = self._pair(x, ts, concat, ctx, a_in, joining, ctx_uncond)
+            with activation_cache(self.unet, cache, "append" if joining else "read", keep=joining):
+                out = self._unet(x2, ts2, c2, ctx2, a2, hist - joining, joining + 1, m2, hist + 1)
+            if joining and hist_out is not None:
+                hist_out.append(out[:, :, :joining])
+            out = out[:, :, joining:]
+            if self.official and guided and hist_out:  # the whole window, as uncached
+                out = torch.cat([*hist_out, out], dim=2)
                 return guide(out[:b], out[b:], self.cfg.guidance, self.cfg.guidance_rescale)[:, :, -1:]
         else:
             x = torch.cat([*hist_noised, x_new], dim=2)
@@ -469,7 +478,6 @@ class RolloutStream:
         r, cfg = self.roller, self.roller.cfg
         if (action is None) != (self.actions is None):
             raise V2WError("pass an action for every frame when the context had actions, and none otherwise")
-        b = self.clean[0].shape[0]
         tokens = r.unet.config.image_tokens_per_frame
         # 1. the window: the new frame and up to window - 1 frames before it
         n = len(self.clean)  # index of the new frame
@@ -489,33 +497,32 @@ class RolloutStream:
         if self.actions is not None:
             self.actions.append(action)
             acts = torch.stack(self.actions[start : n + 1], dim=1)
-        # 2. the cache: history frames that joined the window since, one pass (both guidance halves)
+        # 2. the cache: history frames that entered the window since it was built join it in the new
+        # frame's first denoising pass (all of them when the window slid: a rebuild)
+        joining = 0
         if cfg.cache:
             if self.cache_start != start:  # the window slid: every history activation changes
                 self.cache.clear()
                 self.cache_start, self.cached, self.hist_out = start, 0, []
-            if self.cached < hist:
-                x_add = torch.cat(self.noised[start + self.cached : n], dim=2)
-                ts_add = torch.full((b, hist - self.cached), r.history_noise, dtype=torch.long, device=x_add.device)
-                a_add = acts[:, self.cached : hist] if acts is not None else None
-                x2, ts2, c2, ctx2, a2, m2 = r._pair(x_add, ts_add, concat, ctx, a_add, None, ctx_u)
-                t0 = time.perf_counter()
-                with activation_cache(r.unet, self.cache, "append"):
-                    out = r._unet(x2, ts2, c2, ctx2, a2, self.cached, hist - self.cached, m2, hist + 1)
-                dt = time.perf_counter() - t0
-                self.prefill_seconds += dt
-                if self.cached == 0 and start > 0:  # the window moved: every history activation recomputed
-                    self.rebuild_seconds += dt
-                self.hist_out.append(out)
-                self.cached = hist
+            joining = hist - self.cached
+        rebuilding = joining > 0 and self.cached == 0 and start > 0
         # 3. denoise the new frame from pure noise
         x = randn(self.clean[0].shape, self.g).to(self.clean[0])
         hist_noised = self.noised[start:n]
         cache = self.cache if cfg.cache else None
-        hist_out = torch.cat(self.hist_out, dim=2) if cfg.cache and self.hist_out else None
-        x = r.ddim.denoise(
-            x, lambda x_t, t: r._predict_new(x_t, t, hist_noised, concat, ctx, acts, cache, hist, ctx_u, hist_out), self.g
-        )
+
+        def predict(x_t, t):
+            nonlocal joining
+            t0 = time.perf_counter()
+            v = r._predict_new(x_t, t, hist_noised, concat, ctx, acts, cache, hist, ctx_u, self.hist_out, joining)
+            if joining:  # the joining frames' share of this call (the benchmark's rebuild share)
+                dt = (time.perf_counter() - t0) * joining / (joining + 1)
+                self.prefill_seconds += dt
+                self.rebuild_seconds += dt if rebuilding else 0.0
+                self.cached, joining = hist, 0
+            return v
+
+        x = r.ddim.denoise(x, predict, self.g)
         # 4. it joins the history, re-noised once
         self.clean.append(x)
         self.noised.append(r.renoise(x, self.g))

@@ -83,6 +83,9 @@ def test_causalize_reads_the_base_folder_exactly(base, tmp_path):
     same = [k for k in b if k not in temporal_conv]
     assert temporal_conv and all(torch.equal(a[k], b[k]) for k in same)
     assert model.meta["latent_scale"] == pytest.approx(trained.meta["latent_scale"])
+    # the checkpoint file itself: its inference.yaml beside it is the config (a small arch, not the default)
+    causalize_run(CausalizeConfig(ckpt=str(root / "base" / "model.ckpt"), out=str(tmp_path / "f"), action_dim=18, action_type="discrete"))
+    assert load_model(tmp_path / "f").unet.config.model_channels == model.unet.config.model_channels
 
 
 def test_from_scratch_reinitialises_only_the_unet_and_resampler(base, tmp_path):

@@ -78,6 +78,33 @@ def test_cache_equals_no_cache(rollout_env, window, horizon):
     assert (cached - plain).abs().max() <= 1e-4  # also after the window slides (window 4, 2 + 5 frames)
 
 
+def test_history_frames_join_the_cache_in_the_new_frames_pass(rollout_env):
+    """activation_cache(..., "append", keep=k): one call over k history frames + the new frame leaves the
+    cache as an append of the k frames alone would, and gives the new frame what a read pass gives."""
+    from pipelines.models.cache import ActivationCache, activation_cache
+
+    model = load_model(rollout_env / "model")
+    roller = Roller(model, RolloutConfig(steps=2))
+    lat, pix, acts = inputs(model, n_ctx=3)
+    ctx = roller.image_context(pix[:, :, 0], 4)
+    x, concat = torch.randn(1, 4, 3, *lat.shape[3:]), lat[:, :, :1]
+    ts = torch.tensor([[20, 20, 700]])
+    two = ActivationCache()
+    with torch.no_grad(), activation_cache(model.unet, two, "append"):
+        roller._unet(x[:, :, :2], ts[:, :2], concat, ctx, acts[:, :2], 0, 2)
+    with torch.no_grad(), activation_cache(model.unet, two, "read"):
+        new_b = roller._unet(x[:, :, 2:], ts[:, 2:], concat, ctx, acts[:, 2:3], 2, 1)
+    one = ActivationCache()
+    with torch.no_grad(), activation_cache(model.unet, one, "append", keep=2):
+        new_a = roller._unet(x, ts, concat, ctx, acts[:, :3], 0, 3)[:, :, 2:]
+    torch.testing.assert_close(new_a, new_b, atol=1e-5, rtol=1e-5)
+    assert two.store.keys() == one.store.keys()
+    for key, kept in one.store.items():  # attention keys/values hold 2 frames; conv inputs their last k-1
+        for a, b in zip(kept if isinstance(kept, tuple) else (kept,), two.store[key] if isinstance(kept, tuple) else (two.store[key],)):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_zero_initialised_action_layers_make_guidance_a_no_op(rollout_env):
     fresh = load_model(rollout_env / "fresh")
     lat, pix, acts = inputs(fresh)

@@ -11,7 +11,9 @@ change. What later frames need from it, per layer:
 ``with activation_cache(unet, cache, "append")``: a forward over new frames (T >= 1) reads the
 cache as the past and appends the new frames' keys/values/conv inputs (prefill, or a frame
 joining the history). ``"read"``: the same, but the cache is left unchanged (the denoising steps
-of the newest frame). Everything else in the U-Net works per frame and needs no cache. A model
+of the newest frame). ``keep=k`` in append mode: only the first k new frames join the cache and the
+rest are read through, so history frames can join in the newest frame's first denoising pass (one
+network call instead of two; exact, since a causal frame never sees the frames after it). Everything else in the U-Net works per frame and needs no cache. A model
 with a ``cached_layers()`` method (the Wan family: every block's self-attention, whose tokens sit
 on dim 1 like the temporal attention's frames) names its layers itself.
 """
@@ -45,8 +47,8 @@ class ActivationCache:
 class LayerCache:
     """The cache as one layer sees it inside an ``activation_cache`` block (``layer.activation_cache``)."""
 
-    def __init__(self, cache: ActivationCache, mode: str):
-        self.cache, self.mode = cache, mode
+    def __init__(self, cache: ActivationCache, mode: str, keep: int | None = None):
+        self.cache, self.mode, self.keep = cache, mode, keep
 
     def keys_values(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Prepend the cached past to (k, v) of shape (N, T_new, D); append when in append mode.
@@ -58,7 +60,8 @@ class LayerCache:
                 raise V2WError(f"cached batch {past[0].shape[0]} != new batch {k.shape[0]}; rebuild the cache")
             k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
         if self.mode == "append":
-            self.cache.store[id(module)] = (k, v)
+            end = None if self.keep is None else n_past + self.keep
+            self.cache.store[id(module)] = (k[:, :end], v[:, :end])
         return k, v, n_past
 
     def conv_input(self, module: nn.Module, x: torch.Tensor, context_frames: int) -> torch.Tensor:
@@ -69,7 +72,8 @@ class LayerCache:
             past = x.new_zeros(x.shape[0], x.shape[1], 0, *x.shape[3:])
         full = torch.cat([past, x], dim=2)
         if self.mode == "append":
-            self.cache.store[id(module)] = full[:, :, -context_frames:].detach() if context_frames else full[:, :, :0]
+            kept = full if self.keep is None else full[:, :, : past.shape[2] + self.keep]
+            self.cache.store[id(module)] = kept[:, :, -context_frames:].detach() if context_frames else kept[:, :, :0]
         missing = context_frames - past.shape[2]
         if missing > 0:
             full = torch.nn.functional.pad(full, (0, 0, 0, 0, missing, 0))
@@ -82,8 +86,9 @@ _CACHED_LAYERS: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakre
 
 
 @contextlib.contextmanager
-def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str) -> Iterator[ActivationCache]:
-    """Attach ``cache`` to every temporal layer of ``unet`` for the forwards inside the block."""
+def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str, keep: int | None = None) -> Iterator[ActivationCache]:
+    """Attach ``cache`` to every temporal layer of ``unet`` for the forwards inside the block
+    (``keep``: append only the first ``keep`` new entries along the cached dim, frames for the U-Net)."""
     if mode not in ("append", "read"):
         raise ValueError(f"mode must be 'append' or 'read'. Got {mode!r}")
     config = getattr(unet, "config", None)
@@ -103,7 +108,7 @@ def activation_cache(unet: nn.Module, cache: ActivationCache, mode: str) -> Iter
             elif isinstance(m, TemporalTransformer):
                 layers += [mod for mod in m.modules() if isinstance(mod, CrossAttention)]
         _CACHED_LAYERS[unet] = layers
-    bound = LayerCache(cache, mode)
+    bound = LayerCache(cache, mode, keep)
     for m in layers:
         m.activation_cache = bound
     try:

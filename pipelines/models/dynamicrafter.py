@@ -35,7 +35,8 @@ def load_dynamicrafter_base(
 
     ckpt: a built-in hub name (dynamicrafter, dynamicrafter-256, ...), ``tiny`` (the shipped base),
     ``tiny-random``, a ``.ckpt``/``.safetensors`` file, or a BASE folder (model.ckpt + inference.yaml,
-    as ``v2w pretrain`` writes). base_config: the inference YAML for non-default configs.
+    as ``v2w pretrain`` writes). base_config: the inference YAML for non-default configs (default: the
+    folder's, or an ``inference.yaml`` beside the file).
     """
     yaml_cfg, builtin = None, None
     if ckpt == "tiny-random":
@@ -48,6 +49,10 @@ def load_dynamicrafter_base(
             if base_config is None and (path / "inference.yaml").exists():
                 base_config = str(path / "inference.yaml")
             path = path / "model.ckpt"
+        elif base_config is None and builtin is None and (path.parent / "inference.yaml").exists():
+            # the file inside a BASE folder: its config sits beside it (as v2w pretrain writes it)
+            base_config = str(path.parent / "inference.yaml")
+            log(f"config: {base_config} (beside the checkpoint; --base-config overrides)")
         log(f"reading {path}")
         sd, source = to_float32(load_state_dict(path, unsafe_pickle=unsafe_pickle)), str(path)
     if base_config:
