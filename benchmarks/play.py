@@ -9,7 +9,11 @@ in a second process meanwhile (the browser's share of a 2-core machine). With ``
 setting is also scored the way ``v2w eval`` does on ``--limit`` clips (2 context frames): PSNR of
 the model and of copy-last, and the true - shuffled actions gap, LPIPS of the model and of copy-last.
 
-    python benchmarks/play.py [--settings 1x1,2x1,4x1,10x2.5] [--slides 1,4] [--frames 200] [--threads 1] [--load] [--data DATA --limit 12]
+    python benchmarks/play.py [--settings 1x1,2x1,4x1,10x2.5] [--slides 1,4] [--frames 200] [--threads 1] [--load] [--browser] [--data DATA --limit 12]
+
+``--browser``: each setting again in the page itself (headless Debian chromium, real-time mode, a key
+held, ``--tick`` 1 so the page asks for the next frame as soon as one arrives): the frames/s the page
+received over ``--frames`` frames and its own counter, PNG encoding and the WebSocket included.
 
 Steady state: over ``--frames`` 200 the window fills and slides; each line says the share of the time
 spent rebuilding the cache after the window moved, which ``--slides`` (the window's move, v2w
@@ -47,6 +51,41 @@ def speed(model, ctx, steps: int, guidance: float, frames: int, slide: int = 1) 
     return float(np.mean(session.ms)), session.ms, rebuild
 
 
+def browser(model, ctx, steps: int, guidance: float, frames: int, slide: int, tick: int) -> dict:
+    """The page in headless chromium, real-time mode, an arrow key held: frames/s over ``frames`` frames
+    as the page received them, and the page's own counter (its last 3 s) at the end."""
+    import shutil
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    from pipelines.play import PlaySettings
+    from pipelines.play_server import ServerConfig, headless_chromium, make_app, serve_in_thread
+
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_bin:
+        raise SystemExit("--browser needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    app = make_app(model, ctx, PlaySettings(steps=steps, guidance=guidance, slide=slide),
+                   ServerConfig(port=0, tick_ms=tick, record_dir=tempfile.mkdtemp()), model_name="benchmark")
+    driver = headless_chromium(chromium, driver_bin)
+    state = lambda: driver.execute_script("return window.v2w || null")  # noqa: E731
+    try:
+        with serve_in_thread(app) as port:
+            driver.get(f"http://127.0.0.1:{port}/")
+            while not state():
+                time.sleep(0.05)
+            ActionChains(driver).key_down(Keys.ARROW_RIGHT).perform()
+            while state()["frames"] < 10:  # past the first frames (and the page's start)
+                time.sleep(0.01)
+            f0, t0 = state()["frames"], time.perf_counter()
+            while (st := state())["frames"] < f0 + frames:
+                time.sleep(0.02)
+            dt = time.perf_counter() - t0
+            return {"fps": (st["frames"] - f0) / dt, "counter": st.get("fps", 0.0)}
+    finally:
+        driver.quit()
+
+
 def quality(model_path: str, data: str, limit: int, steps: int, guidance: float) -> dict:
     from pipelines.evaluate import EvalConfig
     from pipelines.evaluate import run as evaluate
@@ -72,6 +111,8 @@ def main() -> None:
     ap.add_argument("--slides", default="1", help="window moves (--slide) to measure each setting at, e.g. 1,4")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--load", action="store_true", help="keep one core busy in another process meanwhile")
+    ap.add_argument("--browser", action="store_true", help="also measure each setting in the page (headless chromium)")
+    ap.add_argument("--tick", type=int, default=1, help="with --browser: the page's --tick (1: as fast as frames come)")
     ap.add_argument("--data", default=None, help="DATA with fresh clips: also score each setting")
     ap.add_argument("--limit", type=int, default=12)
     args = ap.parse_args()
@@ -114,6 +155,9 @@ def main() -> None:
             ms, per, rebuild = speed(model, ctx, steps, guidance, args.frames, slide)
             line = (f"play      steps {steps:2d} guidance {guidance:3.1f} slide {slide}: {ms:7.0f} ms/frame  {1000 / ms:5.2f} frames/s  "
                     f"({base_ms / ms:4.1f}x the baseline; slowest frame {max(per):.0f} ms; {100 * rebuild:.0f}% rebuilding the cache)")
+            if args.browser:
+                b = browser(model, ctx, steps, guidance, args.frames, slide, args.tick)
+                line += f"  browser: {b['fps']:5.2f} frames/s (the page's counter {b['counter']:.1f})"
             if args.data:
                 q = quality(path, args.data, args.limit, steps, guidance)
                 line += (f"  PSNR {q['psnr']:.2f} (copy-last {q['copy_last']:.2f}), true-shuffled {q['gap']:+.3f} dB, "

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import itertools
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -38,9 +41,15 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     max_sessions: int = 2
-    tick_ms: int = 125  # real-time mode: the page asks for a frame at most this often
+    tick_ms: int | None = None  # real-time mode: the page asks for a frame at most this often [default: the model's frame rate]
     record_dir: str = "play-recordings"
     scale: int = 5  # the page shows frames upscaled this much (nearest neighbour)
+
+
+def default_tick_ms(model) -> int:
+    """Real time is the frame rate the model was trained at (15 frames/s: 67 ms); 125 ms if unrecorded."""
+    fps = (model.meta.get("trained") or {}).get("fps")
+    return max(1, round(1000 / float(fps))) if fps else 125
 
 
 def png_base64(frame: np.ndarray) -> str:
@@ -73,8 +82,10 @@ def make_app(model, context: np.ndarray, settings: PlaySettings, server: ServerC
     ids = itertools.count(1)
     record_dir = Path(server.record_dir)
 
+    tick = server.tick_ms or default_tick_ms(model)
+
     async def page(request):
-        return HTMLResponse(PAGE.replace("__SCALE__", str(server.scale)).replace("__TICK__", str(server.tick_ms)))
+        return HTMLResponse(PAGE.replace("__SCALE__", str(server.scale)).replace("__TICK__", str(tick)))
 
     async def run(fn, *args):
         async with lock:
@@ -150,6 +161,41 @@ def serve(app, server: ServerConfig, log=print) -> None:
     uvicorn.run(app, host=server.host, port=server.port, log_level="warning", ws_max_size=1 << 20)
 
 
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[int]:
+    """Serve ``app`` on a free local port in a background thread (the browser test, benchmarks/play.py
+    --browser); yields the port once uvicorn is up, and stops it on exit."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if uv.started:
+                break
+            time.sleep(0.1)
+        yield port
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+def headless_chromium(chromium: str, driver: str):
+    """Debian's chromium through Selenium (a dev dependency), headless: no browser is downloaded."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,700"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
 PAGE = r"""<!doctype html>
 <html><head><meta charset="utf-8"><title>v2w play</title>
 <style>
@@ -212,6 +258,7 @@ function connect() {
       else { window.v2w.frames = m.index; window.v2w.labels.push(m.label); window.v2w.keys.push(m.keys); times.push(performance.now()); }
       times = times.filter(t => performance.now() - t < 3000);
       const fps = times.length > 1 ? (times.length - 1) / ((times[times.length - 1] - times[0]) / 1000) : 0;
+      window.v2w.fps = fps;  // the counter, over the last 3 s (benchmarks/play.py --browser reads it)
       document.getElementById("stats").textContent = "step " + m.index + " | " + m.label + " | " + m.ms + " ms/frame | " + fps.toFixed(1) + " frames/s";
     } else if (m.type === "recorded") {
       document.getElementById("status").textContent = "recorded " + m.frames + " frames: " + m.path; window.v2w.recorded = m.path;

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +18,7 @@ from pipelines.errors import V2WError
 from pipelines.models.checkpoint import shipped_world_model
 from pipelines.models.world_model import load_model
 from pipelines.play import KeyBindings, PlaySession, PlaySettings, load_context
-from pipelines.play_server import ServerConfig, check_port_free, make_app
+from pipelines.play_server import ServerConfig, check_port_free, headless_chromium, make_app, serve_in_thread
 from pipelines.rollout import RolloutJob, run_interactive
 from pipelines.sampler import RolloutConfig
 from v2w_cli.app import app
@@ -99,7 +98,10 @@ def test_server_sessions_limit_and_protocol(rollout_env, tmp_path):
     server = ServerConfig(max_sessions=1, record_dir=str(tmp_path / "recs"))
     app = make_app(model, ctx, PlaySettings(steps=1), server, model_name="m")
     client = TestClient(app)
-    assert "v2w play" in client.get("/").text
+    page = client.get("/").text
+    assert "v2w play" in page
+    fps = (model.meta.get("trained") or {}).get("fps")  # real time is the model's frame rate by default
+    assert f"TICK = {round(1000 / fps) if fps else 125};" in page
     with client.websocket_connect("/ws") as ws:
         hello = ws.receive_json()
         assert hello["type"] == "hello" and hello["numbered"] and "1" in hello["keys"]
@@ -143,20 +145,13 @@ def _browser():
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
         pytest.skip("no browser: install Debian's chromium and chromium-driver to run the browser test")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,700"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver), options=opts)
+    pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+    return headless_chromium(chromium, driver)
 
 
 def test_page_in_headless_chromium(tmp_path):
     """The shipped Boxing model in the page: keys pressed in step mode become frames whose actions are
     the keys' (UP, UPRIGHT, FIRE), reset returns to the context, record writes those actions."""
-    import uvicorn
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -166,53 +161,42 @@ def test_page_in_headless_chromium(tmp_path):
     ctx = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
     server = ServerConfig(port=0, record_dir=str(tmp_path / "recs"))
     app = make_app(model, ctx, PlaySettings(steps=1), server, model_name="tiny")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
     try:
-        for _ in range(100):
-            if uv.started:
-                break
-            time.sleep(0.1)
-        driver.get(f"http://127.0.0.1:{port}/")
-        state = lambda: driver.execute_script("return window.v2w || null")  # noqa: E731
+        with serve_in_thread(app) as port:
+            driver.get(f"http://127.0.0.1:{port}/")
+            state = lambda: driver.execute_script("return window.v2w || null")  # noqa: E731
 
-        def wait(cond, what, seconds=60):
-            t0 = time.time()
-            while time.time() - t0 < seconds:
-                st = state()
-                if st and cond(st):
-                    return st
-                time.sleep(0.1)
-            raise AssertionError(f"timed out waiting for {what}; page state {state()}")
+            def wait(cond, what, seconds=60):
+                t0 = time.time()
+                while time.time() - t0 < seconds:
+                    st = state()
+                    if st and cond(st):
+                        return st
+                    time.sleep(0.1)
+                raise AssertionError(f"timed out waiting for {what}; page state {state()}")
 
-        wait(lambda st: st["hello"]["kind"] == "atari", "the hello message")
-        driver.find_element(By.ID, "mode").click()  # step mode: one frame per key press
-        assert driver.find_element(By.ID, "mode").text == "step mode"
-        driver.find_element(By.ID, "reset").click()  # drop what real-time mode (the default) played so far
-        wait(lambda st: st["resets"] == 1, "reset")
-        ActionChains(driver).key_down(Keys.ARROW_UP).perform()  # UP
-        wait(lambda st: st["frames"] == 1, "frame 1")
-        ActionChains(driver).key_down(Keys.ARROW_RIGHT).perform()  # UP still held: UPRIGHT
-        wait(lambda st: st["frames"] == 2, "frame 2")
-        ActionChains(driver).key_up(Keys.ARROW_RIGHT).key_up(Keys.ARROW_UP).perform()
-        ActionChains(driver).send_keys(Keys.SPACE).perform()  # FIRE
-        st = wait(lambda st: st["frames"] >= 3 and len(st["labels"]) >= 3, "frame 3")
-        assert st["labels"][:3] == ["UP", "UPRIGHT", "FIRE"], st["labels"]
-        assert "ms/frame" in driver.find_element(By.ID, "stats").text
-        driver.find_element(By.ID, "record").click()
-        st = wait(lambda st: st.get("recorded"), "the recording")
-        acts = np.load(Path(st["recorded"]) / "acts.npy")
-        names = model.meta["trained"]["action_names"]
-        assert [names[i] for i in acts] == ["UP", "UPRIGHT", "FIRE"]
-        driver.save_screenshot(str(tmp_path / "play.png"))
-        assert (tmp_path / "play.png").stat().st_size > 1000
-        driver.find_element(By.ID, "reset").click()
-        wait(lambda st: st["resets"] == 2 and st["frames"] == 0, "reset")
+            wait(lambda st: st["hello"]["kind"] == "atari", "the hello message")
+            driver.find_element(By.ID, "mode").click()  # step mode: one frame per key press
+            assert driver.find_element(By.ID, "mode").text == "step mode"
+            driver.find_element(By.ID, "reset").click()  # drop what real-time mode (the default) played so far
+            wait(lambda st: st["resets"] == 1, "reset")
+            ActionChains(driver).key_down(Keys.ARROW_UP).perform()  # UP
+            wait(lambda st: st["frames"] == 1, "frame 1")
+            ActionChains(driver).key_down(Keys.ARROW_RIGHT).perform()  # UP still held: UPRIGHT
+            wait(lambda st: st["frames"] == 2, "frame 2")
+            ActionChains(driver).key_up(Keys.ARROW_RIGHT).key_up(Keys.ARROW_UP).perform()
+            ActionChains(driver).send_keys(Keys.SPACE).perform()  # FIRE
+            st = wait(lambda st: st["frames"] >= 3 and len(st["labels"]) >= 3, "frame 3")
+            assert st["labels"][:3] == ["UP", "UPRIGHT", "FIRE"], st["labels"]
+            assert "ms/frame" in driver.find_element(By.ID, "stats").text
+            driver.find_element(By.ID, "record").click()
+            st = wait(lambda st: st.get("recorded"), "the recording")
+            acts = np.load(Path(st["recorded"]) / "acts.npy")
+            names = model.meta["trained"]["action_names"]
+            assert [names[i] for i in acts] == ["UP", "UPRIGHT", "FIRE"]
+            driver.save_screenshot(str(tmp_path / "play.png"))
+            assert (tmp_path / "play.png").stat().st_size > 1000
+            driver.find_element(By.ID, "reset").click()
+            wait(lambda st: st["resets"] == 2 and st["frames"] == 0, "reset")
     finally:
         driver.quit()
-        uv.should_exit = True
-        thread.join(timeout=10)

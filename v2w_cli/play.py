@@ -34,7 +34,7 @@ def play(
     guidance: float = typer.Option(1.0, "--guidance", help="Causal action guidance (1 = off, half the compute)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (reset replays it)."),
     slide: int = typer.Option(None, "--slide", help="Once the window is full it moves this many frames at a time: one cache rebuild per move instead of per frame [default: min(4, window / 2); 1: the newest frames always]."),
-    tick: int = typer.Option(125, "--tick", help="Real-time mode: ms between frames at most."),
+    tick: int = typer.Option(None, "--tick", help="Real-time mode: ms between frames at most [default: the model's frame rate, 67 ms at 15 frames/s; 125 if unrecorded]."),
     max_sessions: int = typer.Option(2, "--max-sessions", help="Browser tabs served at once."),
     record_dir: str = typer.Option("play-recordings", "--record-dir", help="Where the record button writes."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 degrades gracefully when the browser is busy)."),
@@ -50,7 +50,7 @@ def play(
     from pipelines.play import KeyBindings, PlaySettings, load_context
     from pipelines.play_server import ServerConfig, make_app, serve
 
-    if max_sessions < 1 or (steps is not None and steps < 1) or tick < 1 or threads < 1:
+    if max_sessions < 1 or (steps is not None and steps < 1) or (tick is not None and tick < 1) or threads < 1:
         raise V2WError("--max-sessions, --steps, --tick and --threads must be >= 1")
     torch.set_num_threads(threads)
     device = str(resolve_device(device))
