@@ -264,16 +264,18 @@ def test_batch_rollout_writes_counterfactuals_from_the_parent_context(cf_env, tm
     assert "Counterfactual actions" in (tmp_path / "rep" / "metrics.md").read_text()
 
     # a model that ignores actions (zero-initialised action layers): with per-clip noise seeds its
-    # counterfactual rollout is its factual one, so the gain is exactly 0, whatever the batch layout
+    # counterfactual rollout is its factual one, whatever the batch layout, up to float rounding (a
+    # batch of another size may sum in another order on 2+ threads: at most 1 level in a rare pixel)
     job = RolloutJob(model=str(cf_env / "fresh"), out=str(tmp_path / "pred0"), data=str(cf_env / "data"), limit=2,
                      context_frames=2, horizon=3, batch_size=3)
     run_batch(job, RolloutConfig(steps=2))
     for p in sorted((tmp_path / "pred0" / "counterfactual").glob("*.npz")):
         d = np.load(p, allow_pickle=False)
         factual = np.load(tmp_path / "pred0" / "clips" / f"{d['parent']}.npz")
-        assert np.array_equal(d["pred"], factual["pred"])
+        diff = np.abs(d["pred"].astype(np.int16) - factual["pred"].astype(np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     rep0 = eval_run(EvalConfig(pred=str(tmp_path / "pred0"), out=str(tmp_path / "rep0"), metrics=("psnr",)))
-    assert rep0["counterfactual"]["gain"]["psnr"] == 0.0
+    assert abs(rep0["counterfactual"]["gain"]["psnr"]) < 0.01
 
     with pytest.raises(V2WError, match="--context-frames 3 > the 2 frames branch clips share"):
         run_batch(RolloutJob(model=str(cf_env / "model"), out=str(tmp_path / "p3"), data=str(cf_env / "data"),
