@@ -13,6 +13,13 @@ conditional input only: guidance is in its weights, and it samples at guidance 1
 passes. The student has the teacher's architecture (its weights start as the teacher's), so it is
 as causal as the teacher, and the exact cache still equals no cache.
 
+An imported official Vid2World model (sampling profile ``vid2world``) is distilled under its own
+sampler's rules, which its student then samples with: DDIM's last step lands on abar_0, history is
+q-sampled without the dynamic rescale at the level of the official sampler at its own step count
+(the second-smallest of its 50 DDIM steps), guidance masks the newest action and is taken over the whole
+window with the unconditional pass on the VAE round trip's CLIP tokens, and the image tokens follow
+the official rule (split per frame only for a full window).
+
 Everything else is ``v2w train``'s (``train.run(objective=...)``): data, resume bit for bit,
 checkpoints, EMA, metrics.jsonl. The student MODEL records ``sampling = {steps: k, guidance: 1,
 eta: 0, distilled: {...}}``, which rollout, play and eval read as their defaults.
@@ -29,7 +36,7 @@ from pipelines.errors import V2WError
 from pipelines.models.action import shift_actions
 from pipelines.models.attention import TEXT_TOKENS
 from pipelines.official import open_model
-from pipelines.sampler import DDIM, Roller, RolloutConfig, ddim_step, randn
+from pipelines.sampler import DEFAULT_HISTORY_NOISE, DDIM, Roller, RolloutConfig, ddim_step, randn
 from pipelines.train import run as train_run
 
 
@@ -37,9 +44,9 @@ from pipelines.train import run as train_run
 class DistillConfig:
     student_steps: int = 4  # k: the student's DDIM steps per frame (1, 2 or 4 ...)
     teacher_steps: int = 16  # the teacher's steps over the whole range (k divides it)
-    guidance: float = 2.5  # the teacher's causal action guidance, baked into the student
+    guidance: float | None = None  # the teacher's causal action guidance, baked in [default: the teacher's sampling default, 2.5 for v2w]
     guidance_rescale: float = 0.7
-    history_noise: int = 20  # the history level (as the v2w sampler's default)
+    history_noise: int | None = None  # the history level [default: the teacher's sampler's, see history_level]
     min_history: int = 1  # the newest frame j is drawn from [min_history, T - 1]
 
     def __post_init__(self):
@@ -56,6 +63,16 @@ def student_step_coefficients(a: torch.Tensor, a_prev: torch.Tensor, rescale) ->
     return sap * rescale * sa + s1ap * s1a, -sap * rescale * s1a + s1ap * sa
 
 
+def history_level(model) -> int:
+    """The history noise level a model's own sampler uses: v2w's default (20), or for an official
+    import the second-smallest DDIM timestep at its recorded step count (50), as its rollout picks it."""
+    sampling = model.meta.get("sampling") or {}
+    if sampling.get("profile") != "vid2world":
+        return DEFAULT_HISTORY_NOISE
+    ts = DDIM(model.meta.get("schedule"), int(sampling.get("steps", 50)), 0.0).timesteps
+    return ts[-2] if len(ts) > 1 else ts[-1]
+
+
 class GuidedDistillation:
     """The objective ``train.run`` calls: ``loss(session, latents, frame0, actions)``."""
 
@@ -64,14 +81,17 @@ class GuidedDistillation:
         c = session.model.unet.config
         if not c.causal:
             raise V2WError("distil a causal world model (causalize + train first)")
-        if c.action_injection == "vid2world" or session.model.context_layout != "per-frame":
-            raise V2WError("v2w distill does not take official Vid2World imports yet (their sampler profile); fine-tune them with v2w train")
         self.teacher = teacher.eval().requires_grad_(False)
+        self.profile = (teacher.meta.get("sampling") or {}).get("profile", "v2w")
+        self.official = self.profile == "vid2world"
+        if cfg.history_noise is None:
+            cfg.history_noise = history_level(teacher)
         # the teacher's guided v for a newest frame, exactly as its rollout computes it (uncached path)
         self.roller = Roller(self.teacher, RolloutConfig(steps=cfg.teacher_steps, eta=0.0, guidance=cfg.guidance,
                                                           guidance_rescale=cfg.guidance_rescale, history_noise=cfg.history_noise,
-                                                          cache=False, profile="v2w"))
-        self.student_ddim = DDIM(session.model.meta.get("schedule"), cfg.student_steps, 0.0)
+                                                          cache=False, profile=self.profile))
+        cfg.guidance = self.roller.cfg.guidance  # resolved (None: the teacher's default), as the student records it
+        self.student_ddim = DDIM(session.model.meta.get("schedule"), cfg.student_steps, 0.0, official=self.official)
         self.fs = session.cfg.fs
 
     def _segment(self, i: int) -> tuple[int, int]:
@@ -83,10 +103,12 @@ class GuidedDistillation:
         d = self.student_ddim
         if t_next >= 0:
             return d.ac[t], d.ac[t_next], d.table[t_next] / d.table[t]
+        if self.official:  # the official last step: to abar_0, rescale factor 1
+            return d.ac[t], d.ac[0], torch.tensor(1.0)
         return d.ac[t], torch.tensor(1.0), d.table[0] / d.table[t]
 
     @torch.no_grad()
-    def teacher_target(self, x_t, t, t_next, hist_noised, concat, ctx, acts, hist) -> torch.Tensor:
+    def teacher_target(self, x_t, t, t_next, hist_noised, concat, ctx, acts, hist, ctx_u=None) -> torch.Tensor:
         """The teacher's deterministic guided DDIM from t to t_next in teacher_steps / k substeps."""
         n = self.cfg.teacher_steps // self.cfg.student_steps
         end = max(t_next, 0)
@@ -95,10 +117,13 @@ class GuidedDistillation:
         d = self.roller.ddim
         for m in range(n):
             tau, tau_next = points[m], points[m + 1]
-            v = self.roller._predict_new(x, tau, hist_noised, concat, ctx, acts, None, hist)
+            v = self.roller._predict_new(x, tau, hist_noised, concat, ctx, acts, None, hist, ctx_u)
             last = m == n - 1 and t_next < 0
-            a, ap = d.ac[tau], (torch.tensor(1.0) if last else d.ac[tau_next])
-            rescale = d.table[0 if last else tau_next] / d.table[tau]
+            if last and self.official:
+                a, ap, rescale = d.ac[tau], d.ac[0], 1.0
+            else:
+                a, ap = d.ac[tau], (torch.tensor(1.0) if last else d.ac[tau_next])
+                rescale = d.table[0 if last else tau_next] / d.table[tau]
             x, _ = ddim_step(x, v, a, ap, 0.0, None, rescale)
         return x
 
@@ -117,8 +142,13 @@ class GuidedDistillation:
         acts = shift_actions(actions)[:, : j + 1] if actions is not None else None
         concat = z[:, :, :1]
         with torch.no_grad():
-            ctx = self.roller.image_context(frame0, j + 1)[:, : TEXT_TOKENS + (j + 1) * self.teacher.unet.config.image_tokens_per_frame]
-            x_target = self.teacher_target(x_t, t, t_next, hist_noised, concat, ctx, acts, j)
+            if self.official:  # all the Resampler's tokens, and the unconditional pass's own (as a stream's window)
+                ctx = self.roller.image_context(frame0, self.roller.window)
+                ctx_u = self.roller.uncond_image_context(frame0, self.roller.window, ctx)
+            else:
+                ctx = self.roller.image_context(frame0, j + 1)[:, : TEXT_TOKENS + (j + 1) * self.teacher.unet.config.image_tokens_per_frame]
+                ctx_u = None
+            x_target = self.teacher_target(x_t, t, t_next, hist_noised, concat, ctx, acts, j, ctx_u)
         a, a_prev, rescale = self._alphas(t, t_next)
         coef_a, coef_b = student_step_coefficients(a, a_prev, rescale)
         v_target = (x_target - coef_a * x_t) / coef_b
@@ -132,7 +162,7 @@ class GuidedDistillation:
         return per.mean(), per.detach()[:, None], ts[:, -1:].detach()
 
     def final_meta(self) -> dict:
-        return {"sampling": {"profile": "v2w", "steps": self.cfg.student_steps, "guidance": 1.0, "eta": 0.0,
+        return {"sampling": {"profile": self.profile, "steps": self.cfg.student_steps, "guidance": 1.0, "eta": 0.0,
                              "history_noise": self.cfg.history_noise,
                              "distilled": {**asdict(self.cfg), "method": "guided progressive distillation (one stage)"}}}
 

@@ -142,6 +142,8 @@ def apply_model_defaults(cfg: RolloutConfig, model) -> RolloutConfig:
         cfg.steps = int(sampling.get("steps", 50))
     if cfg.eta is None:
         cfg.eta = float(sampling.get("eta", 1.0))
+    if cfg.history_noise is None and sampling.get("history_noise") is not None:  # a student: its teacher's level
+        cfg.history_noise = int(sampling["history_noise"])
     return cfg
 
 

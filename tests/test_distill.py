@@ -64,6 +64,7 @@ def test_distill_run_resumes_and_the_student_samples_at_its_steps(rollout_env, t
     student = load_model(tmp_path / "full" / "final")
     sampling = student.meta["sampling"]
     assert (sampling["steps"], sampling["guidance"], sampling["eta"]) == (2, 1.0, 0.0) and sampling["distilled"]["teacher_steps"] == 4
+    assert (sampling["distilled"]["guidance"], sampling["history_noise"]) == (2.5, 20)  # the v2w teacher's defaults
     assert json.loads((tmp_path / "full" / "config.json").read_text())["objective"]["sampling"]["steps"] == 2
     assert check_causality(student.unet)["causal"]  # the teacher's architecture: still exactly causal
     roller = Roller(student, RolloutConfig())
@@ -74,3 +75,48 @@ def test_distill_run_resumes_and_the_student_samples_at_its_steps(rollout_env, t
     cached = Roller(student, RolloutConfig(cache=True, window=4)).rollout(lat, pix, acts, 8)
     plain = Roller(student, RolloutConfig(cache=False, window=4)).rollout(lat, pix, acts, 8)
     assert (cached - plain).abs().max() <= 1e-4  # cache == no cache, across window slides
+
+
+@pytest.fixture(scope="module")
+def official_teacher(tmp_path_factory):
+    """The tiny official-layout CS:GO stand-in, imported as v2w causalize imports the real one (pooled norms)."""
+    import yaml
+
+    from pipelines.causalize import CausalizeConfig
+    from pipelines.causalize import run as causalize_run
+    from pipelines.official import tiny_official_checkpoint
+
+    root = tmp_path_factory.mktemp("official")
+    ckpt, cfg = tiny_official_checkpoint("csgo")
+    torch.save(ckpt, root / "csgo.ckpt")
+    (root / "csgo.yaml").write_text(yaml.safe_dump(cfg))
+    causalize_run(CausalizeConfig(ckpt=str(root / "csgo.ckpt"), out=str(root / "model"), base_config=str(root / "csgo.yaml")))
+    return root / "model"
+
+
+def test_an_official_import_distils_under_its_own_sampler(official_teacher):
+    """vid2world profile: the teacher at the student's own steps, unguided, is again exactly the student
+    (the official last step, history level and image-token rule agree on both sides); guided it is not;
+    the student records the profile and the history level of the official 50-step sampler."""
+    from pipelines.distill import history_level
+
+    model = load_model(official_teacher).eval()
+    level = Roller(model, RolloutConfig(steps=50)).history_noise  # the official rollout's own rule at 50 steps
+    assert model.meta["sampling"]["profile"] == "vid2world" and history_level(model) == level != 20
+    lat = torch.randn(2, 4, 5, 4, 4)
+    acts = torch.nn.functional.one_hot(torch.randint(0, 51, (2, 5)), 51).float()
+    frame0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    same = GuidedDistillation(_session(model), DistillConfig(student_steps=2, teacher_steps=2, guidance=1.0),
+                              load_model(official_teacher))
+    assert same.official and same.cfg.history_noise == level
+    for seed in range(4):  # both segments: the last one lands on abar_0 with rescale 1 on both sides
+        assert same.loss(_session(model, seed), lat, frame0, acts)[0].item() < 1e-8, seed
+    guided = GuidedDistillation(_session(model), DistillConfig(student_steps=2, teacher_steps=4, guidance=2.5),
+                                load_model(official_teacher))
+    assert guided.loss(_session(model, 1), lat, frame0, acts)[0].item() > 1e-8
+    meta = guided.final_meta()["sampling"]
+    assert (meta["profile"], meta["history_noise"], meta["steps"], meta["guidance"]) == ("vid2world", level, 2, 1.0)
+    student = load_model(official_teacher)
+    student.meta["sampling"] = meta
+    roller = Roller(student, RolloutConfig())
+    assert (roller.official, roller.history_noise, roller.cfg.steps) == (True, level, 2)  # samples as it was taught

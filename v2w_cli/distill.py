@@ -15,6 +15,8 @@ Examples:
 
   v2w distill --model runs/boxing/final --data data/boxing --out runs/boxing-2step --resume   (continue)
 
+  v2w distill --model thuml/Vid2World-CSGO --data data/csgo --out runs/csgo-4step --student-steps 4 --teacher-steps 48 --device cuda
+
   v2w rollout --model runs/boxing-2step/final --data data/test --out preds/2step   (2 steps, guidance 1, eta 0: its defaults)
 """
 
@@ -30,9 +32,9 @@ def distill(
     out: Path = typer.Option(..., "--out", "-o", help="RUN folder: checkpoints/, metrics.jsonl, final/ (the student MODEL)."),
     student_steps: int = typer.Option(4, "--student-steps", help="DDIM steps the student samples with (1, 2, 4, ...)."),
     teacher_steps: int = typer.Option(16, "--teacher-steps", help="The teacher's steps over the whole noise range (a multiple of --student-steps)."),
-    guidance: float = typer.Option(2.5, "--guidance", help="The teacher's causal action guidance, baked into the student (it samples at 1)."),
+    guidance: float = typer.Option(None, "--guidance", help="The teacher's causal action guidance, baked into the student (it samples at 1) [default: the teacher's: 2.5; 1 for a -NAG import]."),
     guidance_rescale: float = typer.Option(0.7, "--guidance-rescale"),
-    history_noise: int = typer.Option(20, "--history-noise", help="Noise level of history frames (as rollout feeds them)."),
+    history_noise: int = typer.Option(None, "--history-noise", help="Noise level of history frames [default: the teacher's sampler's: 20; an official import's at 50 steps]; the student samples with it."),
     steps: int = typer.Option(1000, "--steps", help="Optimizer steps."),
     batch_size: int = typer.Option(2, "--batch-size"),
     lr: float = typer.Option(1e-5, "--lr"),
