@@ -237,7 +237,7 @@ class PlaySession:
         if settings.slide is None:  # the default move, once the window is known
             self.roller.cfg.slide = max(1, min(4, self.roller.window // 2))
         pixels = to_pixels(context, device)
-        with torch.no_grad():
+        with torch.inference_mode():  # play never trains: no version counters, a few % faster than no_grad
             self.context_latents = model.encode_frames(pixels)
         self.context_pixels = pixels
         self.reset()
@@ -274,7 +274,7 @@ class PlaySession:
         if self.stream.buffered:  # Wan: this frame was predicted with the action held when its latent frame was
             raw, label = self.held
         self.held = (raw, label)
-        with torch.no_grad():
+        with torch.inference_mode():  # the stream's cache is only ever touched here, so it may be inference tensors
             pixels = self.stream.next_frame(action_input)
         frame = to_uint8(pixels)[0, 0]
         ms = (time.perf_counter() - t0) * 1000

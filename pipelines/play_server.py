@@ -253,7 +253,11 @@ function connect() {
       show(m.frame); document.getElementById("stats").textContent = "ready: " + m.context_frames + " context frame(s), window " + m.window;
       window.v2w = {hello: m, frames: 0, labels: [], keys: [], resets: 0};
     } else if (m.type === "frame") {
-      waiting = false; show(m.frame);
+      waiting = false;
+      // ask for the next frame before drawing this one (not at the next animation frame): the
+      // server computes it while the page decodes and draws
+      if (realtime && !paused && m.label !== "reset" && performance.now() - lastAsk >= TICK) step(held.slice());
+      show(m.frame);
       if (m.label === "reset") { window.v2w.frames = 0; window.v2w.labels = []; window.v2w.keys = []; window.v2w.resets += 1; times = []; }
       else { window.v2w.frames = m.index; window.v2w.labels.push(m.label); window.v2w.keys.push(m.keys); times.push(performance.now()); }
       times = times.filter(t => performance.now() - t < 3000);
