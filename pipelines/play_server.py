@@ -251,15 +251,15 @@ function connect() {
       document.getElementById("bindings").innerHTML = m.bindings.map(r => "<tr><td><b>" + r[0] + "</b></td><td>" + r[1] + "</td></tr>").join("");
       document.getElementById("note").textContent = m.numbered ? "this MODEL records no action names: actions are numbered" : "";
       show(m.frame); document.getElementById("stats").textContent = "ready: " + m.context_frames + " context frame(s), window " + m.window;
-      window.v2w = {hello: m, frames: 0, labels: [], keys: [], resets: 0};
+      window.v2w = {hello: m, frames: 0, labels: [], keys: [], ms: [], resets: 0};
     } else if (m.type === "frame") {
       waiting = false;
       // ask for the next frame before drawing this one (not at the next animation frame): the
       // server computes it while the page decodes and draws
       if (realtime && !paused && m.label !== "reset" && performance.now() - lastAsk >= TICK) step(held.slice());
       show(m.frame);
-      if (m.label === "reset") { window.v2w.frames = 0; window.v2w.labels = []; window.v2w.keys = []; window.v2w.resets += 1; times = []; }
-      else { window.v2w.frames = m.index; window.v2w.labels.push(m.label); window.v2w.keys.push(m.keys); times.push(performance.now()); }
+      if (m.label === "reset") { window.v2w.frames = 0; window.v2w.labels = []; window.v2w.keys = []; window.v2w.ms = []; window.v2w.resets += 1; times = []; }
+      else { window.v2w.frames = m.index; window.v2w.labels.push(m.label); window.v2w.keys.push(m.keys); window.v2w.ms.push(m.ms); times.push(performance.now()); }
       times = times.filter(t => performance.now() - t < 3000);
       const fps = times.length > 1 ? (times.length - 1) / ((times[times.length - 1] - times[0]) / 1000) : 0;
       window.v2w.fps = fps;  // the counter, over the last 3 s (benchmarks/play.py --browser reads it)
