@@ -9,7 +9,11 @@ Protocol (JSON text messages on ``/ws``). The client sends::
 
 and gets ``{"type": "hello", "model", "bindings", "numbered", "settings", "frame", ...}`` on connect,
 ``{"type": "frame", "frame": <PNG, base64>, "index", "label", "ms", ...}`` per step,
-``{"type": "recorded", "path"}`` and ``{"type": "error", "message"}``. Step mode (one frame per key
+``{"type": "recorded", "path"}`` and ``{"type": "error", "message"}``. A step with ``"binary": true``
+is answered with one binary message instead (what the page asks for: no PNG to encode or decode)::
+
+    <uint32 little-endian n> <n bytes: the frame message's JSON, "width"/"height" for "frame"> <height * width * 4 bytes: RGBA>
+ Step mode (one frame per key
 press) and real-time mode (one frame per tick with the keys held then) are the page's: the server
 only answers steps. Nothing from the client names a file: recordings go to the server's
 ``--record-dir``. Model calls run one at a time in a worker thread, so a slow frame never blocks the
@@ -58,6 +62,26 @@ def png_base64(frame: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def binary_frame(frame: np.ndarray, header: dict) -> bytes:
+    """A frame as one binary WebSocket message (module docstring): JSON header length, header, RGBA pixels."""
+    import json
+
+    h, w = frame.shape[:2]
+    head = json.dumps({**header, "width": w, "height": h}).encode()
+    rgba = np.concatenate([frame, np.full((h, w, 1), 255, np.uint8)], axis=-1)
+    return len(head).to_bytes(4, "little") + head + rgba.tobytes()
+
+
+def read_binary_frame(data: bytes) -> tuple[dict, np.ndarray]:
+    """The inverse of :func:`binary_frame`: (header, (H, W, 3) uint8 frame)."""
+    import json
+
+    n = int.from_bytes(data[:4], "little")
+    head = json.loads(data[4 : 4 + n])
+    rgba = np.frombuffer(data[4 + n :], np.uint8).reshape(head["height"], head["width"], 4)
+    return head, rgba[..., :3]
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -127,8 +151,12 @@ def make_app(model, context: np.ndarray, settings: PlaySettings, server: ServerC
                         all(isinstance(v, (int, float)) for v in mouse) else (0.0, 0.0)
                     t0 = time.perf_counter()
                     out = await run(session.step, keys, mouse)
-                    await ws.send_json(frame_message(session, out["frame"], label=out["label"], ms=round(out["ms"], 1),
-                                                     wall_ms=round((time.perf_counter() - t0) * 1000, 1), keys=session.keys[-1]))
+                    extra = dict(label=out["label"], ms=round(out["ms"], 1), wall_ms=round((time.perf_counter() - t0) * 1000, 1),
+                                 keys=session.keys[-1])
+                    if msg.get("binary") is True:
+                        await ws.send_bytes(binary_frame(out["frame"], {"type": "frame", "index": session.step_index, **extra}))
+                    else:
+                        await ws.send_json(frame_message(session, out["frame"], **extra))
                 elif kind == "reset":
                     frame = await run(session.reset)
                     await ws.send_json(frame_message(session, frame, label="reset", ms=0.0))
@@ -224,16 +252,27 @@ ctx.imageSmoothingEnabled = false;
 const held = [];  // keys held now, oldest first
 const mouse = [0, 0];  // movement since the last step (CS:GO models; pointer lock on the frame)
 let ws, known = new Set(), realtime = true, paused = false, waiting = false, lastAsk = 0, times = [];
-function show(b64) {
+function size(w, h) {  // the canvas holds the frame's own pixels; CSS upscales it (pixelated)
+  if (canvas.width === w && canvas.height === h) return;
+  canvas.width = w; canvas.height = h; canvas.style.width = w * SCALE + "px"; canvas.style.height = h * SCALE + "px";
+}
+function show(b64) {  // a PNG (the hello and reset frames)
   const img = new Image();
-  img.onload = () => { canvas.width = img.width * SCALE; canvas.height = img.height * SCALE;
-    ctx.imageSmoothingEnabled = false; ctx.drawImage(img, 0, 0, canvas.width, canvas.height); };
+  img.onload = () => { size(img.width, img.height); ctx.drawImage(img, 0, 0); };
   img.src = "data:image/png;base64," + b64;
+}
+function draw(m) { size(m.width, m.height); ctx.putImageData(new ImageData(m.pixels, m.width, m.height), 0, 0); }
+function parse(data) {  // a JSON text message, or a binary frame: uint32 header length, JSON header, RGBA
+  if (typeof data === "string") return JSON.parse(data);
+  const n = new DataView(data).getUint32(0, true);
+  const m = JSON.parse(new TextDecoder().decode(new Uint8Array(data, 4, n)));
+  m.pixels = new Uint8ClampedArray(data, 4 + n);
+  return m;
 }
 function send(msg) { if (!ws || ws.readyState !== 1) return false; ws.send(JSON.stringify(msg)); return true; }
 function step(keys) {  // one request in flight at a time, and only once the session is ready
   if (waiting || !window.v2w) return;
-  if (send({type: "step", keys: keys, mouse: [mouse[0], mouse[1]]})) { waiting = true; lastAsk = performance.now(); mouse[0] = mouse[1] = 0; }
+  if (send({type: "step", keys: keys, mouse: [mouse[0], mouse[1]], binary: true})) { waiting = true; lastAsk = performance.now(); mouse[0] = mouse[1] = 0; }
 }
 function tick() {
   if (realtime && !paused && !waiting && performance.now() - lastAsk >= TICK) step(held.slice());
@@ -241,8 +280,9 @@ function tick() {
 }
 function connect() {
   ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+  ws.binaryType = "arraybuffer";
   ws.onmessage = (ev) => {
-    const m = JSON.parse(ev.data);
+    const m = parse(ev.data);
     if (m.type === "hello") {
       const base = (p) => p.replace(/\/+$/, "").split("/").pop();
       document.getElementById("model").textContent = base(m.model) + (m.context ? " | " + base(m.context) : "");
@@ -257,7 +297,7 @@ function connect() {
       // ask for the next frame before drawing this one (not at the next animation frame): the
       // server computes it while the page decodes and draws
       if (realtime && !paused && m.label !== "reset" && performance.now() - lastAsk >= TICK) step(held.slice());
-      show(m.frame);
+      if (m.pixels) draw(m); else show(m.frame);
       if (m.label === "reset") { window.v2w.frames = 0; window.v2w.labels = []; window.v2w.keys = []; window.v2w.ms = []; window.v2w.resets += 1; times = []; }
       else { window.v2w.frames = m.index; window.v2w.labels.push(m.label); window.v2w.keys.push(m.keys); window.v2w.ms.push(m.ms); times.push(performance.now()); }
       times = times.filter(t => performance.now() - t < 3000);

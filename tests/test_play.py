@@ -18,7 +18,7 @@ from pipelines.errors import V2WError
 from pipelines.models.checkpoint import shipped_world_model
 from pipelines.models.world_model import load_model
 from pipelines.play import KeyBindings, PlaySession, PlaySettings, load_context
-from pipelines.play_server import ServerConfig, check_port_free, headless_chromium, make_app, serve_in_thread
+from pipelines.play_server import ServerConfig, check_port_free, headless_chromium, make_app, read_binary_frame, serve_in_thread
 from pipelines.rollout import RolloutJob, run_interactive
 from pipelines.sampler import RolloutConfig
 from v2w_cli.app import app
@@ -115,6 +115,11 @@ def test_server_sessions_limit_and_protocol(rollout_env, tmp_path):
         assert frame["type"] == "frame" and frame["index"] == 1 and frame["label"] == "action 2" and frame["keys"] == ["3"]
         ws.send_json({"type": "step", "keys": "../../etc/passwd"})  # not a list: no keys
         assert ws.receive_json()["label"] == "action 0"
+        ws.send_json({"type": "step", "keys": ["2"], "binary": True})  # the page's form: one binary message
+        head, pixels = read_binary_frame(ws.receive_bytes())
+        assert head["type"] == "frame" and head["index"] == 3 and head["label"] == "action 1" and head["keys"] == ["2"]
+        (session,) = app.state.sessions.values()
+        assert pixels.shape == session.frames[-1].shape and np.array_equal(pixels, session.frames[-1])
         ws.send_json({"type": "record"})
         rec = ws.receive_json()
         assert rec["type"] == "recorded" and Path(rec["path"]).parent == tmp_path / "recs"
@@ -188,6 +193,12 @@ def test_page_in_headless_chromium(tmp_path):
             ActionChains(driver).send_keys(Keys.SPACE).perform()  # FIRE
             st = wait(lambda st: st["frames"] >= 3 and len(st["labels"]) >= 3, "frame 3")
             assert st["labels"][:3] == ["UP", "UPRIGHT", "FIRE"], st["labels"]
+            # the canvas holds the last frame's own pixels (sent as raw RGBA, drawn with putImageData)
+            shown = driver.execute_script("const c = document.getElementById('frame'); "
+                                          "return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]")
+            (session,) = app.state.sessions.values()
+            assert shown[:2] == [64, 64]
+            assert np.array_equal(np.array(shown[2], np.uint8).reshape(64, 64, 4)[..., :3], session.frames[-1])
             assert "ms/frame" in driver.find_element(By.ID, "stats").text
             driver.find_element(By.ID, "record").click()
             st = wait(lambda st: st.get("recorded"), "the recording")

