@@ -13,10 +13,10 @@ and gets ``{"type": "hello", "model", "bindings", "numbered", "settings", "frame
 is answered with one binary message instead (what the page asks for: no PNG to encode or decode)::
 
     <uint32 little-endian n> <n bytes: the frame message's JSON, "width"/"height" for "frame"> <height * width * 4 bytes: RGBA>
- Step mode (one frame per key
-press) and real-time mode (one frame per tick with the keys held then) are the page's: the server
-only answers steps. Nothing from the client names a file: recordings go to the server's
-``--record-dir``. Model calls run one at a time in a worker thread, so a slow frame never blocks the
+
+Step mode (one frame per key press) and real-time mode (one frame per tick with the keys held then)
+are the page's: the server only answers steps. Nothing from the client names a file: recordings go
+to the server's ``--record-dir``. Model calls run one at a time in a worker thread, so a slow frame never blocks the
 event loop and a tab closed mid-frame only loses that frame.
 """
 
@@ -27,6 +27,7 @@ import base64
 import contextlib
 import io
 import itertools
+import json
 import socket
 import threading
 import time
@@ -66,8 +67,6 @@ def png_base64(frame: np.ndarray) -> str:
 
 def binary_frame(frame: np.ndarray, header: dict) -> bytes:
     """A frame as one binary WebSocket message (module docstring): JSON header length, header, RGBA pixels."""
-    import json
-
     h, w = frame.shape[:2]
     head = json.dumps({**header, "width": w, "height": h}).encode()
     rgba = np.concatenate([frame, np.full((h, w, 1), 255, np.uint8)], axis=-1)
@@ -76,8 +75,6 @@ def binary_frame(frame: np.ndarray, header: dict) -> bytes:
 
 def read_binary_frame(data: bytes) -> tuple[dict, np.ndarray]:
     """The inverse of :func:`binary_frame`: (header, (H, W, 3) uint8 frame)."""
-    import json
-
     n = int.from_bytes(data[:4], "little")
     head = json.loads(data[4 : 4 + n])
     rgba = np.frombuffer(data[4 + n :], np.uint8).reshape(head["height"], head["width"], 4)
