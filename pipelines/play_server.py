@@ -112,8 +112,11 @@ def make_app(model, context: np.ndarray, settings: PlaySettings, server: ServerC
         async with lock:
             return await asyncio.to_thread(fn, *args)
 
+    def frame_header(session: PlaySession, **extra) -> dict:
+        return {"type": "frame", "index": session.step_index, **extra}
+
     def frame_message(session: PlaySession, frame: np.ndarray, **extra) -> dict:
-        return {"type": "frame", "frame": png_base64(frame), "index": session.step_index, **extra}
+        return {**frame_header(session, **extra), "frame": png_base64(frame)}
 
     async def ws_endpoint(ws: WebSocket):
         await ws.accept()
@@ -151,7 +154,7 @@ def make_app(model, context: np.ndarray, settings: PlaySettings, server: ServerC
                     extra = dict(label=out["label"], ms=round(out["ms"], 1), wall_ms=round((time.perf_counter() - t0) * 1000, 1),
                                  keys=session.keys[-1])
                     if msg.get("binary") is True:
-                        await ws.send_bytes(binary_frame(out["frame"], {"type": "frame", "index": session.step_index, **extra}))
+                        await ws.send_bytes(binary_frame(out["frame"], frame_header(session, **extra)))
                     else:
                         await ws.send_json(frame_message(session, out["frame"], **extra))
                 elif kind == "reset":
