@@ -33,7 +33,7 @@ from pipelines.models.checkpoint import (
     rename_legacy_keys,
     unet_params_from_yaml,
 )
-from pipelines.models.upsample import nearest2x_conv
+from pipelines.models.upsample import upsample_conv
 
 
 OUT_CONVS = ("same", "causal-height")
@@ -201,10 +201,9 @@ class Upsample(nn.Module):
             self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_conv and not torch.is_grad_enabled():  # inference: the same maths at x's resolution
-            return nearest2x_conv(x, self.conv)
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return self.conv(x) if self.use_conv else x
+        if self.use_conv:  # without autograd: the same maths at x's resolution
+            return upsample_conv(x, self.conv)
+        return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
 class ResBlock(nn.Module):

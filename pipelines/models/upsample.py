@@ -52,6 +52,13 @@ def nearest2x_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return out.view(n, -1, 2 * h, 2 * w)
 
 
+def upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Nearest 2x upsample, then ``conv``: at x's resolution without autograd, the reference way with it."""
+    if not torch.is_grad_enabled():
+        return nearest2x_conv(x, conv)
+    return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 def fusable(conv: nn.Module | None) -> bool:
     """A plain 3x3, stride-1, padding-1 Conv2d: the convolution :func:`nearest2x_conv` reproduces."""
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
@@ -67,10 +74,9 @@ class NearestUpsampleConv(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
-        if output_size is None and not torch.is_grad_enabled():
-            return nearest2x_conv(x, self.conv)
-        size = {"scale_factor": 2.0} if output_size is None else {"size": output_size}
-        return self.conv(F.interpolate(x, mode="nearest", **size))
+        if output_size is None:
+            return upsample_conv(x, self.conv)
+        return self.conv(F.interpolate(x, size=output_size, mode="nearest"))
 
 
 def fuse_upsamplers(module: nn.Module) -> int:
@@ -88,4 +94,4 @@ def fuse_upsamplers(module: nn.Module) -> int:
     return replaced
 
 
-__all__ = ["NearestUpsampleConv", "fusable", "fuse_upsamplers", "nearest2x_conv", "phase_kernels"]
+__all__ = ["NearestUpsampleConv", "fusable", "fuse_upsamplers", "nearest2x_conv", "phase_kernels", "upsample_conv"]
